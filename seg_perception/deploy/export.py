@@ -1,0 +1,130 @@
+"""`seg-perception export`: a zoo model -> ONNX whose graph does the camera-side pre/post-processing.
+
+Input `image` uint8 [1, H, W, 3] RGB; outputs `labels` uint8 and `confidence` uint8 (max class probability
+x 255) at model resolution, optionally `logits` float32. Everything the runtime needs to interpret the file
+(model, variant, classes, palette, mean/std, input size) is written into its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from seg_perception.backends.base import ModelInfo
+
+OPSET = 17
+
+
+def _wrapper_cls():
+    import torch
+    from torch import nn
+
+    class DeployWrapper(nn.Module):
+        """uint8 NHWC RGB -> (labels uint8, confidence uint8[, logits]) around a segmentor."""
+
+        def __init__(self, model: nn.Module, mean, std, with_logits: bool) -> None:
+            super().__init__()
+            self.model = model
+            self.with_logits = with_logits
+            self.probabilities = bool(getattr(model, "outputs_probabilities", False))
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        def forward(self, image):
+            x = (image.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+            logits = self.model(x)
+            top, labels = logits.max(dim=1)
+            if self.probabilities:
+                conf = top
+            else:
+                # max softmax probability = 1 / sum(exp(l - max)): no full softmax tensor is materialised
+                conf = torch.reciprocal(torch.exp(logits - top.unsqueeze(1)).sum(dim=1))
+            outs = (labels.to(torch.uint8), (conf * 255.0).round().clamp(0, 255).to(torch.uint8))
+            return outs + (logits,) if self.with_logits else outs
+
+    return DeployWrapper
+
+
+def model_info_for(name: str, input_size: tuple[int, int], class_names=None, palette=None,
+                   with_logits: bool = False) -> ModelInfo:
+    from seg_perception.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+    from seg_perception.models.registry import get_variant
+    v = get_variant(name)
+    info = ModelInfo(name=name, variant=v.family, input_size=tuple(input_size), has_logits=with_logits)
+    if class_names is not None:
+        info.class_names = tuple(class_names)
+    if palette is not None:
+        info.palette = tuple(tuple(c) for c in palette)
+    if v.num_classes != len(CITYSCAPES_CLASSES) and class_names is None:
+        info.class_names = tuple(f"class_{i}" for i in range(v.num_classes))
+        info.palette = tuple(tuple(int(c) for c in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256))
+                             for i in range(v.num_classes))
+    elif palette is None:
+        info.palette = CITYSCAPES_PALETTE[: info.num_classes]
+    return info
+
+
+def export_onnx(model, info: ModelInfo, out: str | Path, with_logits: bool = False, dynamic: bool = False,
+                opset: int = OPSET) -> Path:
+    """Export `model` (a segmentor, eval mode) wrapped for deployment; returns the written path."""
+    import onnx
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _wrapper_cls()(model.eval(), info.mean, info.std, with_logits).eval()
+    h, w = info.input_size
+    dummy = torch.zeros(1, h, w, 3, dtype=torch.uint8)
+    names = ["labels", "confidence"] + (["logits"] if with_logits else [])
+    dynamic_axes = None
+    if dynamic:
+        dynamic_axes = {"image": {1: "height", 2: "width"}, "labels": {1: "height", 2: "width"},
+                        "confidence": {1: "height", 2: "width"}}
+        if with_logits:
+            dynamic_axes["logits"] = {2: "height", 3: "width"}
+    with torch.inference_mode():
+        # dynamo=False: torch 2.13's dynamo exporter silently writes opset 18 when asked for 17.
+        torch.onnx.export(wrapper, (dummy,), str(out), input_names=["image"], output_names=names,
+                          opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True,
+                          dynamo=False)
+    proto = onnx.load(str(out))
+    got = {o.domain: o.version for o in proto.opset_import}.get("", None)
+    if got != opset:
+        raise RuntimeError(f"exported {out} has opset {got}, expected {opset}")
+    info.extra = {**info.extra, "dynamic": dynamic, "opset": opset}
+    for key, value in info.to_metadata().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out))
+    return out
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 512x1024, got '{text}'") from None
+    return h, w
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="zoo name (see `seg-perception zoo`)")
+    p.add_argument("--checkpoint", help="official or seg-perception checkpoint (.pth)")
+    p.add_argument("--input-size", type=parse_hw, default=(512, 1024), help="HxW of the graph input")
+    p.add_argument("--out", required=True, help="output .onnx path, e.g. engines/metaseg-t_512x1024.onnx")
+    p.add_argument("--dynamic", action="store_true", help="dynamic height/width axes")
+    p.add_argument("--logits", action="store_true", help="also output float32 logits (for evaluation)")
+    p.add_argument("--opset", type=int, default=OPSET)
+
+
+def run(args) -> int:
+    from seg_perception.models.checkpoint import load_checkpoint
+    from seg_perception.models.registry import build_model
+
+    model = build_model(args.model)
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint)
+    info = model_info_for(args.model, args.input_size, with_logits=args.logits)
+    path = export_onnx(model, info, args.out, with_logits=args.logits, dynamic=args.dynamic, opset=args.opset)
+    print(f"wrote {path} (opset {args.opset}, input {args.input_size[0]}x{args.input_size[1]})")
+    return 0

@@ -1,0 +1,20 @@
+"""mmsegmentation's EncoderDecoder: encoder features -> decode head -> logits resized to the input."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+
+class EncoderDecoder(nn.Module):
+    # The deploy wrapper applies softmax to these outputs (Mask2Former's head emits probabilities instead).
+    outputs_probabilities = False
+
+    def __init__(self, backbone: nn.Module, decode_head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+
+    def forward(self, x):
+        logits = self.decode_head(self.backbone(x))
+        return F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)

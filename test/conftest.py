@@ -1,0 +1,40 @@
+"""Shared fixtures: an isolated ROS 2 domain per test, and small real models exported once per worker."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_domain_counter = itertools.count()
+
+
+@pytest.fixture
+def ros_env(worker_id):
+    """Environment for a test that talks DDS: its own ROS_DOMAIN_ID, localhost-only discovery, SHM profile."""
+    worker = 0 if worker_id == "master" else int(worker_id.removeprefix("gw"))
+    # Domains 1..200 split across workers; 232 is the highest valid id.
+    domain = 1 + worker * 100 + next(_domain_counter) % 100
+    env = dict(os.environ)
+    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               FASTRTPS_DEFAULT_PROFILES_FILE=str(REPO / "config" / "fastdds_shm.xml"),
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """metaseg-t exported at 64x128 with logits: a real model, small enough for CI."""
+    pytest.importorskip("torch")
+    import torch
+
+    from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("metaseg-t").eval()
+    info = model_info_for("metaseg-t", (64, 128), with_logits=True)
+    return export_onnx(model, info, tmp_path_factory.mktemp("models") / "metaseg-t_64x128.onnx", with_logits=True)
