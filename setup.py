@@ -29,7 +29,7 @@ EXTRAS = {
     ],
     # Export, training, parity checks. torch is pinned so this machine takes its on-disk CPU wheel.
     "models": ["torch==2.13.0", "fvcore>=0.1.5"],
-    "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2", "colcon-common-extensions>=0.3"],
 }
 
 setup(

@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: CPU by default; CUDA / TensorRT execution providers when installed."""
+"""ONNX Runtime backend: CPU by default; CUDA / TensorRT execution providers when installed and asked for.
+
+Outputs are written by ORT straight into numpy buffers allocated once (I/O binding), and the caller's image is
+bound in place, so a frame costs no allocation on our side.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +12,117 @@ import numpy as np
 
 from seg_perception.backends.base import Backend, BackendError, InferenceOutputs, ModelInfo
 
+# Short names accepted for `device`, mapped to ORT provider lists in preference order.
+DEVICES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+_NUMPY_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16,
+                 "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The ModelInfo in an exported ONNX file's metadata, without building a session."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise BackendError(f"ONNX file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: the file is not an ONNX model
+        raise BackendError(f"cannot read ONNX model {path}: {exc}") from exc
+    try:
+        return ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props})
+    except ValueError as exc:
+        raise BackendError(f"{path}: {exc}") from exc
+
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: str, threads: int = 0, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str, threads: int = 0, providers: list[str] | None = None,
+                 device: str = "cpu") -> None:
+        """threads: intra-op threads (0 = ORT's default, one per physical core); device: cpu | cuda | tensorrt,
+        or an explicit ORT `providers` list. An unavailable GPU provider is an error, not a silent CPU run."""
         import onnxruntime as ort
 
         self.path = str(path)
         if not Path(self.path).is_file():
             raise BackendError(f"ONNX file not found: {self.path}")
+        if providers is None:
+            if device not in DEVICES:
+                raise ValueError(f"device must be one of {sorted(DEVICES)}, got '{device}'")
+            providers = DEVICES[device]
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise BackendError(f"ONNX Runtime here lacks {missing} (available: {ort.get_available_providers()}); "
+                               "install onnxruntime-gpu for CUDA/TensorRT or use device 'cpu'")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if threads:
             opts.intra_op_num_threads = int(threads)
-        available = ort.get_available_providers()
-        if providers is None:
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+            opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise BackendError(f"cannot load ONNX model {self.path}: {exc}") from exc
-        meta = self.session.get_modelmeta().custom_metadata_map
         try:
-            self.info = ModelInfo.from_metadata(meta)
+            self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map)
         except ValueError as exc:
             raise BackendError(f"{self.path}: {exc}") from exc
         self.providers = self.session.get_providers()
-        self._outputs = [o.name for o in self.session.get_outputs()]
-        self._has_logits = "logits" in self._outputs
+        self._check_signature()
+        h, w = self.info.input_size
+        self._buffers = {o.name: np.empty(self._output_shape(o.name, o.shape, h, w), _NUMPY_DTYPES[o.type])
+                         for o in self.session.get_outputs() if o.name in ("labels", "confidence", "logits")}
+        # One binding per output set, outputs bound once to the preallocated buffers.
+        self._bindings = {False: self._binding(ort, ("labels", "confidence"))}
+        if "logits" in self._buffers:
+            self._bindings[True] = self._binding(ort, ("labels", "confidence", "logits"))
+
+    def _check_signature(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        problems = []
+        if "image" not in inputs or inputs["image"].type != "tensor(uint8)":
+            problems.append(f"needs a uint8 input 'image', has {[(i.name, i.type) for i in inputs.values()]}")
+        for name in ("labels", "confidence"):
+            if name not in outputs or outputs[name].type != "tensor(uint8)":
+                problems.append(f"needs a uint8 output '{name}'")
+        if problems:
+            raise BackendError(f"{self.path} is not a seg-perception export: " + "; ".join(problems))
+
+    def _output_shape(self, name: str, declared: list, h: int, w: int) -> tuple[int, ...]:
+        """The contract's shape for output `name`, checked against the dimensions the file fixes."""
+        want = (1, self.info.num_classes, h, w) if name == "logits" else (1, h, w)
+        # Exporters name the dims they could not fix (height, width, and sometimes batch/classes): skip those.
+        if len(declared) != len(want) or any(isinstance(d, int) and d != x for d, x in zip(declared, want)):
+            raise BackendError(f"{self.path}: output '{name}' has shape {declared}, expected {list(want)} "
+                               f"for input {h}x{w} and {self.info.num_classes} classes")
+        return want
+
+    def _binding(self, ort, names: tuple[str, ...]):
+        binding = self.session.io_binding()
+        for name in names:
+            buf = self._buffers[name]
+            binding.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+        return binding
 
     def infer(self, image: np.ndarray, want_logits: bool = False) -> InferenceOutputs:
         self.check_input(image)
-        names = ["labels", "confidence"] + (["logits"] if want_logits and self._has_logits else [])
-        outs = self.session.run(names, {"image": image[None]})
-        return InferenceOutputs(labels=outs[0][0], confidence=outs[1][0],
-                                logits=outs[2][0] if len(outs) > 2 else None)
+        if not image.flags.c_contiguous:
+            raise ValueError(f"{self.name}: input must be C-contiguous")
+        binding = self._bindings[want_logits and "logits" in self._buffers]
+        h, w = self.info.input_size
+        binding.bind_input("image", "cpu", 0, np.uint8, [1, h, w, 3], image.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        logits = self._buffers["logits"][0] if binding is self._bindings.get(True) else None
+        return InferenceOutputs(labels=self._buffers["labels"][0], confidence=self._buffers["confidence"][0],
+                                logits=logits)
+
+    def close(self) -> None:
+        self._bindings.clear()
+        self.session = None

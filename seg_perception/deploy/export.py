@@ -15,7 +15,11 @@ from seg_perception.backends.base import ModelInfo
 OPSET = 17
 
 
-def _wrapper_cls():
+def deploy_wrapper(model, info: ModelInfo, with_logits: bool):
+    """`model` wrapped to take uint8 NHWC RGB and return (labels uint8, confidence uint8[, logits]).
+
+    The ONNX export and the torch backend run this same module, so both follow one output contract.
+    """
     import torch
     from torch import nn
 
@@ -42,7 +46,7 @@ def _wrapper_cls():
             outs = (labels.to(torch.uint8), (conf * 255.0).round().clamp(0, 255).to(torch.uint8))
             return outs + (logits,) if self.with_logits else outs
 
-    return DeployWrapper
+    return DeployWrapper(model.eval(), info.mean, info.std, with_logits).eval()
 
 
 def model_info_for(name: str, input_size: tuple[int, int], class_names=None, palette=None,
@@ -72,7 +76,7 @@ def export_onnx(model, info: ModelInfo, out: str | Path, with_logits: bool = Fal
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _wrapper_cls()(model.eval(), info.mean, info.std, with_logits).eval()
+    wrapper = deploy_wrapper(model, info, with_logits)
     h, w = info.input_size
     dummy = torch.zeros(1, h, w, 3, dtype=torch.uint8)
     names = ["labels", "confidence"] + (["logits"] if with_logits else [])
@@ -88,6 +92,7 @@ def export_onnx(model, info: ModelInfo, out: str | Path, with_logits: bool = Fal
                           opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True,
                           dynamo=False)
     proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
     got = {o.domain: o.version for o in proto.opset_import}.get("", None)
     if got != opset:
         raise RuntimeError(f"exported {out} has opset {got}, expected {opset}")
@@ -97,6 +102,19 @@ def export_onnx(model, info: ModelInfo, out: str | Path, with_logits: bool = Fal
         entry.key, entry.value = key, value
     onnx.save(proto, str(out))
     return out
+
+
+def export_zoo(name: str, input_size: tuple[int, int], out: str | Path, checkpoint: str | None = None,
+               with_logits: bool = False, dynamic: bool = False, opset: int = OPSET) -> Path:
+    """Build zoo model `name` (random weights unless `checkpoint`) and export it: the CLI's whole job."""
+    from seg_perception.models.registry import build_model
+
+    model = build_model(name)
+    if checkpoint:
+        from seg_perception.models.checkpoint import load_checkpoint
+        load_checkpoint(model, checkpoint)
+    info = model_info_for(name, input_size, with_logits=with_logits)
+    return export_onnx(model, info, out, with_logits=with_logits, dynamic=dynamic, opset=opset)
 
 
 def parse_hw(text: str) -> tuple[int, int]:
@@ -115,16 +133,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dynamic", action="store_true", help="dynamic height/width axes")
     p.add_argument("--logits", action="store_true", help="also output float32 logits (for evaluation)")
     p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--check-trt", metavar="TRT_VERSION", nargs="?", const="latest", default=None,
+                   help="after export, check the graph against TensorRT's ONNX parser (default: newest known)")
 
 
 def run(args) -> int:
-    from seg_perception.models.checkpoint import load_checkpoint
-    from seg_perception.models.registry import build_model
-
-    model = build_model(args.model)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint)
-    info = model_info_for(args.model, args.input_size, with_logits=args.logits)
-    path = export_onnx(model, info, args.out, with_logits=args.logits, dynamic=args.dynamic, opset=args.opset)
+    path = export_zoo(args.model, args.input_size, args.out, checkpoint=args.checkpoint, with_logits=args.logits,
+                      dynamic=args.dynamic, opset=args.opset)
     print(f"wrote {path} (opset {args.opset}, input {args.input_size[0]}x{args.input_size[1]})")
+    if args.check_trt:
+        from seg_perception.deploy.trt_compat import check_onnx
+        report = check_onnx(path, args.check_trt)
+        print(report.describe())
+        return 0 if report.ok else 1
     return 0

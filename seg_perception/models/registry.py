@@ -81,13 +81,42 @@ register(Variant(
 ))
 
 # --- SCASeg (strip cross-attention decoder on MSCAN) -----------------------------------------------
-# Filled by the SCASeg implementation; see docs/models.md for every choice the paper leaves open.
+# Built from the paper's description (no code or tables reachable): widths and every other open choice are ours,
+# listed in docs/models.md; the references are placeholders until someone reads the paper's tables.
+_SCASEG_UNCHECKED = "SCASeg (arXiv 2411.17061 / TIP 2026): tables not reachable; widths are our choice"
+register(Variant(
+    "scaseg-t", "scaseg", "mscan:MSCAN", MSCAN_T, "scaseg_head:SCASegHead",
+    dict(in_channels=(32, 64, 160, 256), embed_dim=64),
+    references=_r(None, None, ADE, 150, _SCASEG_UNCHECKED, checked=False),
+    notes="MSCAN-T encoder, decoder width 64 (unverified)",
+))
+register(Variant(
+    "scaseg-b", "scaseg", "mscan:MSCAN", MSCAN_B, "scaseg_head:SCASegHead",
+    dict(in_channels=(64, 128, 320, 512), embed_dim=128),
+    references=_r(None, None, ADE, 150, _SCASEG_UNCHECKED, checked=False),
+    notes="MSCAN-B encoder, decoder width 128 (unverified)",
+))
 
 # --- SegMAN (LASS encoder + MMSCopE decoder) -------------------------------------------------------
 # Filled by the SegMAN implementation.
 
 # --- Mask2Former (R50) with masked cross-attention or EMCA ------------------------------------------
-# Filled by the Mask2Former implementation.
+# Counts: fvcore, 1 MAC = 1 FLOP, whole model incl. semantic inference; docs/models.md gives the convention.
+M2F_R50 = dict(depth=50)
+register(Variant(
+    "mask2former-r50", "mask2former", "resnet:ResNet", M2F_R50, "mask2former_head:Mask2FormerHead",
+    dict(cross_attention="masked"), segmentor="mask2former_head:Mask2Former",
+    references=(Reference(44.0, 70.1, ADE, 150, "PEM (CVPR 2024) Table 4; facebookresearch/Mask2Former MODEL_ZOO"),
+                Reference(44.0, 523.0, CITY, 19, "PEM (CVPR 2024) Table 3")),
+    notes="9 decoder layers, 100 queries, masked cross-attention",
+))
+register(Variant(
+    "mask2former-emca-r50", "mask2former", "resnet:ResNet", M2F_R50, "mask2former_head:Mask2FormerHead",
+    dict(cross_attention="emca"), segmentor="mask2former_head:Mask2Former",
+    references=_r(None, None, ADE, 150, "Weerakoon & Thayasivam (Oct 2025) via a review: 45.1 mIoU ADE20K, "
+                  "params/GFLOPs not published; module = PEM_CA (NiccoloCavagnero/PEM)", checked=False),
+    notes="masked cross-attention replaced by EMCA (PEM prototype cross-attention)",
+))
 
 
 def get_variant(name: str) -> Variant:

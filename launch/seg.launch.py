@@ -1,0 +1,57 @@
+"""Start seg_node: `ros2 launch seg_perception seg.launch.py [model:=...] [input_topic:=...] [namespace:=...]`.
+
+Parameters come from params_file (default: the package's config/seg.yaml); a launch argument given a non-empty
+value overrides the file's value for that parameter.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+# launch argument -> (node parameter it overrides, help); empty = keep the params file's value
+OVERRIDES = {
+    "model": ("model", "ONNX file, TensorRT engine (.engine/.plan) or zoo name (empty: params file / embedded model)"),
+    "backend": ("backend", "auto, onnxruntime, tensorrt or torch"),
+    "input_topic": ("input_topic", "camera topic (sensor_msgs/Image, or CompressedImage with input_type:=compressed)"),
+    "input_type": ("input_type", "raw or compressed"),
+    "camera_info_topic": ("camera_info_topic", "sensor_msgs/CameraInfo topic"),
+}
+
+
+def parameter_overrides(context) -> dict:
+    """Node parameters set by launch arguments: only the non-empty ones, so the rest keep the file's values."""
+    overrides = {}
+    for arg, (param, _) in OVERRIDES.items():
+        value = LaunchConfiguration(arg).perform(context)
+        if value:
+            overrides[param] = value
+    overrides["use_sim_time"] = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")
+    return overrides
+
+
+def _seg_node(context, *args, **kwargs):
+    return [Node(
+        package="seg_perception",
+        executable="seg_node",
+        name="seg_node",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[LaunchConfiguration("params_file"), parameter_overrides(context)],
+        ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+        output="screen",
+        emulate_tty=True,
+    )]
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_params = PathJoinSubstitution([FindPackageShare("seg_perception"), "config", "seg.yaml"])
+    args = [DeclareLaunchArgument(name, default_value="", description=help_text)
+            for name, (_, help_text) in OVERRIDES.items()]
+    args += [
+        DeclareLaunchArgument("params_file", default_value=default_params, description="seg_node parameters YAML"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace for the node and its topics"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (rosbag replay)"),
+        DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
+    ]
+    return LaunchDescription(args + [OpaqueFunction(function=_seg_node)])

@@ -1,0 +1,200 @@
+"""Label image -> ground-plane grids by inverse perspective mapping (IPM), ROS-free.
+
+Every grid cell centre on the ground (z = 0 in the robot frame) is projected once into the camera through the
+intrinsics and the camera pose; the resulting ground remap table (cell -> label pixel) is cached per
+(intrinsics, pose, label shape), so a frame costs one gather per layer. Cells the camera cannot see stay -1.
+
+Flat-ground assumption: everything is treated as lying on z = 0, so tall objects smear away from the camera.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from seg_perception.labels import IGNORE_ID
+
+UNKNOWN, FREE, LETHAL = -1, 0, 100  # nav_msgs/OccupancyGrid conventions
+FUSED = ""  # key of the fused layer in project()'s result
+
+
+@dataclass(frozen=True)
+class CameraPose:
+    """Camera optical centre in the grid frame (x forward, y left, z up), angles in radians.
+
+    pitch > 0 tilts the camera down, yaw > 0 turns it left, roll > 0 rotates it clockwise as seen from behind.
+    """
+
+    x: float = 0.0
+    y: float = 0.0
+    height: float = 1.2
+    roll: float = 0.0
+    pitch: float = 0.0
+    yaw: float = 0.0
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """An OccupancyGrid's geometry: cell (row r, col c) has its centre at
+    (origin_x + (c + 0.5) * resolution, origin_y + (r + 0.5) * resolution) in `frame`."""
+
+    resolution: float = 0.1
+    size_x: float = 20.0  # metres along x (grid width)
+    size_y: float = 20.0  # metres along y (grid height)
+    origin_x: float = 0.0
+    origin_y: float = -10.0
+    frame: str = "base_link"
+    max_range: float = 0.0  # cells farther than this from the camera stay unknown (0 = no limit)
+
+    @property
+    def width(self) -> int:
+        return max(1, int(round(self.size_x / self.resolution)))
+
+    @property
+    def height(self) -> int:
+        return max(1, int(round(self.size_y / self.resolution)))
+
+    def cell_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """x and y of every cell centre, each [height, width] float64."""
+        xs = self.origin_x + (np.arange(self.width) + 0.5) * self.resolution
+        ys = self.origin_y + (np.arange(self.height) + 0.5) * self.resolution
+        return np.meshgrid(xs, ys)
+
+
+def rotation_grid_from_optical(pose: CameraPose) -> np.ndarray:
+    """3x3 rotation taking optical-frame vectors (x right, y down, z forward) into the grid frame."""
+    cr, sr = math.cos(pose.roll), math.sin(pose.roll)
+    cp, sp = math.cos(pose.pitch), math.sin(pose.pitch)
+    cy, sy = math.cos(pose.yaw), math.sin(pose.yaw)
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    body_from_optical = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)
+    return rz @ ry @ rx @ body_from_optical
+
+
+def cost_lut(class_names: tuple[str, ...] | list[str], costs: dict[str, int], default_cost: int) -> np.ndarray:
+    """int8[256]: the cost of every label value; ignore and out-of-model values are unknown (-1)."""
+    unknown = sorted(set(costs) - set(class_names))
+    if unknown:
+        raise ValueError(f"unknown class name(s) {unknown}; the model's classes are {list(class_names)}")
+    for name, cost in list(costs.items()) + [("default", default_cost)]:
+        if not UNKNOWN <= cost <= LETHAL:
+            raise ValueError(f"cost of '{name}' must be in -1..100, got {cost}")
+    lut = np.full(256, UNKNOWN, np.int8)
+    lut[: len(class_names)] = [costs.get(name, default_cost) for name in class_names]
+    lut[IGNORE_ID] = UNKNOWN
+    return lut
+
+
+def class_lut(class_names: tuple[str, ...] | list[str], name: str) -> np.ndarray:
+    """int8[256] for one class layer: LETHAL where the class is seen, FREE for other classes, unknown for ignore."""
+    if name not in class_names:
+        raise ValueError(f"unknown class name '{name}'; the model's classes are {list(class_names)}")
+    lut = np.full(256, UNKNOWN, np.int8)
+    lut[: len(class_names)] = FREE
+    lut[list(class_names).index(name)] = LETHAL
+    return lut
+
+
+class GroundProjector:
+    """Projects label images onto a ground grid: one fused layer through a cost table plus one layer per class.
+
+    Layers are keyed by '' (fused) and the class name. The returned grids are int8 [height, width] buffers that
+    are reused: valid until the next `project` call.
+    """
+
+    def __init__(self, grid: GridSpec, pose: CameraPose, class_names: tuple[str, ...] | list[str],
+                 costs: dict[str, int], default_cost: int = 0, layers: tuple[str, ...] | list[str] = ()) -> None:
+        self.grid = grid
+        self._luts = {FUSED: cost_lut(class_names, costs, default_cost)}
+        for name in layers:
+            self._luts[name] = class_lut(class_names, name)
+        self._grids = {name: np.full((grid.height, grid.width), UNKNOWN, np.int8) for name in self._luts}
+        self._pose = pose
+        # (K, image size it refers to), replaced as one object: CameraInfo may arrive on another thread.
+        self._intrinsics: tuple[np.ndarray, tuple[int, int]] | None = None
+        self._table_key: tuple | None = None
+        self._cells = self._pixels = self._picked = self._costs = np.empty(0, np.intp)
+
+    @property
+    def ready(self) -> bool:
+        """False until intrinsics are known."""
+        return self._intrinsics is not None
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(self._luts)
+
+    @property
+    def pose(self) -> CameraPose:
+        return self._pose
+
+    def set_pose(self, pose: CameraPose) -> None:
+        self._pose = pose  # the table is rebuilt on the next frame (the key includes the pose)
+
+    def set_intrinsics(self, k: np.ndarray, camera_hw: tuple[int, int]) -> None:
+        """K (3x3) of an image of size camera_hw; cheap when unchanged, so it can be called on every CameraInfo."""
+        k = np.asarray(k, np.float64).reshape(3, 3)
+        if k[0, 0] <= 0 or k[1, 1] <= 0:
+            raise ValueError(f"intrinsics need fx > 0 and fy > 0, got fx={k[0, 0]}, fy={k[1, 1]}")
+        hw = (int(camera_hw[0]), int(camera_hw[1]))
+        if self._intrinsics is not None and self._intrinsics[1] == hw and np.array_equal(k, self._intrinsics[0]):
+            return
+        self._intrinsics = (k, hw)
+
+    def project(self, labels: np.ndarray, camera_hw: tuple[int, int]) -> dict[str, np.ndarray]:
+        """labels: uint8 [h, w] covering the whole camera image of size camera_hw (any resolution)."""
+        intrinsics = self._intrinsics
+        if intrinsics is None:
+            return {}
+        self._ensure_table(intrinsics, labels.shape, tuple(camera_hw))
+        np.take(labels.reshape(-1), self._pixels, out=self._picked)
+        for name, lut in self._luts.items():
+            np.take(lut, self._picked, out=self._costs)
+            np.put(self._grids[name].reshape(-1), self._cells, self._costs)
+        return self._grids
+
+    # --- ground remap table ------------------------------------------------------------------
+    def _ensure_table(self, intrinsics: tuple[np.ndarray, tuple[int, int]], labels_hw: tuple[int, int],
+                      camera_hw: tuple[int, int]) -> None:
+        k, k_hw = intrinsics
+        pose = self._pose
+        key = (k.tobytes(), k_hw, camera_hw, labels_hw, pose)
+        if key == self._table_key:
+            return
+        cells, pixels = ground_remap_table(self.grid, pose, k, k_hw, camera_hw, labels_hw)
+        self._cells, self._pixels = cells, pixels
+        self._picked = np.empty(cells.size, np.uint8)
+        self._costs = np.empty(cells.size, np.int8)
+        for grid in self._grids.values():
+            grid.fill(UNKNOWN)
+        self._table_key = key
+
+
+def ground_remap_table(grid: GridSpec, pose: CameraPose, k: np.ndarray, k_hw: tuple[int, int],
+                       camera_hw: tuple[int, int], labels_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(visible cell indices into the flattened grid, flat label-pixel index for each of them)."""
+    # Intrinsics may describe another image size than the stream (binning, resized camera_info).
+    sx, sy = camera_hw[1] / k_hw[1], camera_hw[0] / k_hw[0]
+    fx, fy = k[0, 0] * sx, k[1, 1] * sy
+    cx, cy = (k[0, 2] + 0.5) * sx - 0.5, (k[1, 2] + 0.5) * sy - 0.5
+    xs, ys = grid.cell_centres()
+    rel = np.stack([xs.ravel() - pose.x, ys.ravel() - pose.y, np.full(xs.size, -pose.height)], axis=1)
+    opt = rel @ rotation_grid_from_optical(pose)  # row-vector form of R^T (P - t)
+    z = opt[:, 2]
+    front = z > 1e-6
+    zs = np.where(front, z, 1.0)
+    u = fx * opt[:, 0] / zs + cx
+    v = fy * opt[:, 1] / zs + cy
+    # Pixel centres sit at integer coordinates; map camera pixels onto the label grid.
+    col = np.floor((u + 0.5) * labels_hw[1] / camera_hw[1])
+    row = np.floor((v + 0.5) * labels_hw[0] / camera_hw[0])
+    visible = front & (col >= 0) & (col < labels_hw[1]) & (row >= 0) & (row < labels_hw[0])
+    if grid.max_range > 0:
+        visible &= np.hypot(rel[:, 0], rel[:, 1]) <= grid.max_range
+    cells = np.flatnonzero(visible)
+    pixels = (row[cells] * labels_hw[1] + col[cells]).astype(np.intp)
+    return cells.astype(np.intp), pixels

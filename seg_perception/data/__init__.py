@@ -1,0 +1,1 @@
+"""Data: synthetic street scenes and the Cityscapes on-disk layout."""

@@ -1,0 +1,177 @@
+"""`seg-perception eval cityscapes|bag`: score a model (or prediction PNGs) and write report.json, report.md and
+report_confusion.png. Bad input exits non-zero with the problem on stderr and writes no report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from seg_perception.backends import BACKENDS
+from seg_perception.deploy.export import parse_hw
+from seg_perception.eval import EvalError
+from seg_perception.eval.inference import MODES, InferenceConfig
+from seg_perception.eval.metrics import ID_FORMATS
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated scales such as 0.75,1.0,1.25, got '{text}'")
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"scales must be positive, got '{text}'")
+    return values
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--threads", type=int, default=0, help="inference threads per process (0 = backend default; "
+                                                          "1 when --workers > 1)")
+    p.add_argument("--out", required=True, type=Path, help="report.json path; .md and _confusion.png go beside it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    cs = sub.add_parser("cityscapes", help="a folder in the official Cityscapes layout",
+                        description="Evaluate on <root>/leftImg8bit/<split> against gtFine/<split>, like "
+                                    "cityscapesscripts' evalPixelLevelSemanticLabeling.")
+    cs.add_argument("--root", required=True, type=Path, help="folder holding leftImg8bit/ and gtFine/")
+    cs.add_argument("--split", default="val")
+    source = cs.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="ONNX file, TensorRT engine, or zoo name[:checkpoint]")
+    source.add_argument("--predictions", type=Path, help="folder of label PNGs <city>_<seq>_<frame>*.png")
+    cs.add_argument("--pred-format", default="labelIds", choices=ID_FORMATS,
+                    help="ids in the --predictions PNGs (the official format is labelIds)")
+    cs.add_argument("--mode", default="whole", choices=MODES,
+                    help="whole: image resized to the model input, as seg_node runs; slide: model-size windows "
+                         "over the full-resolution image")
+    cs.add_argument("--scales", type=_scales, default=(1.0,), help="multi-scale TTA, e.g. 0.75,1.0,1.25")
+    cs.add_argument("--flip", action="store_true", help="horizontal-flip TTA")
+    cs.add_argument("--stride", type=parse_hw, help="slide step HxW (default 2/3 of the model input)")
+    cs.add_argument("--workers", type=int, default=1, help="worker processes")
+    cs.add_argument("--no-instances", action="store_true", help="skip iIoU even where instanceIds exist")
+    _model_arguments(cs)
+
+    bag = sub.add_parser("bag", help="a rosbag2 (sqlite3 or mcap) with images and ground truth",
+                         description="Run seg_node's pipeline on every frame of a bag and score the frames whose "
+                                     "stamp matches ground truth.")
+    bag.add_argument("bag", type=Path, help="bag folder (metadata.yaml + .db3/.mcap)")
+    bag.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    gt = bag.add_mutually_exclusive_group(required=True)
+    gt.add_argument("--gt-topic", help="mono8 Image topic of train ids (255 = ignore)")
+    gt.add_argument("--gt-dir", type=Path, help="folder of <stamp_ns>.png train-id images")
+    bag.add_argument("--model", default="", help="ONNX file, TensorRT engine or zoo name (default: embedded model)")
+    bag.add_argument("--stamp-tolerance-ms", type=float, default=1.0,
+                     help="largest image/ground-truth header stamp difference that still matches")
+    bag.add_argument("--camera-info-topic", default="/camera/camera_info", help="intrinsics for --write-bag costmaps")
+    bag.add_argument("--write-bag", type=Path, help="new bag with masks, colour masks and costmaps")
+    bag.add_argument("--write-storage", default="mcap", choices=("sqlite3", "mcap"))
+    bag.add_argument("--params-file", type=Path,
+                     help="seg_node parameters YAML (camera pose, grid, cost table) for --write-bag costmaps")
+    bag.add_argument("--trace", type=Path, help="write the stage trace: .json (Chrome/Perfetto), .csv or .png")
+    _model_arguments(bag)
+
+
+def run(args: argparse.Namespace) -> int:
+    from seg_perception.backends import BackendError
+    from seg_perception.core.image_codec import ImageDecodeError
+
+    try:
+        return _cityscapes(args) if args.dataset == "cityscapes" else _bag(args)
+    except (EvalError, BackendError, ImageDecodeError, ValueError, OSError) as exc:
+        print(f"seg-perception eval {args.dataset}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _progress(args: argparse.Namespace, total: int, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True)
+
+
+def _cityscapes(args: argparse.Namespace) -> int:
+    from seg_perception.eval.cityscapes import CityscapesJob, evaluate, find_samples, match_predictions
+    from seg_perception.eval.report import build_report, model_identity, write_report
+
+    if args.workers < 1:
+        raise EvalError("--workers must be >= 1")
+    samples = find_samples(args.root, args.split, need_images=args.predictions is None)
+    preds = match_predictions(args.predictions, samples) if args.predictions is not None else None
+    inference = InferenceConfig(args.mode, args.scales, args.flip, args.stride)
+    threads = args.threads or (1 if args.workers > 1 else 0)
+    job = CityscapesJob(samples, preds, args.pred_format, args.model or "", args.backend, threads, inference,
+                        instances=not args.no_instances)
+    model = None
+    if preds is None:  # open once here, so a bad model fails before workers start
+        from seg_perception.backends import open_backend
+
+        with open_backend(args.model, args.backend, **({"threads": threads} if threads else {})) as backend:
+            model = model_identity(args.model, backend.info)
+            if inference.needs_logits and not backend.info.has_logits:
+                raise EvalError(f"{args.model} has no logits output, which --mode slide / --scales / --flip "
+                                f"need: export it with --logits")
+
+    bar = _progress(args, len(samples), "img")
+
+    def progress(results, _total):
+        for result in results:
+            bar.update()
+            yield result
+
+    with bar:
+        stats, durations = evaluate(job, args.workers, progress)
+    source = {"dataset": "cityscapes", "root": str(args.root), "split": args.split,
+              "predictions": str(args.predictions) if preds is not None else None,
+              "pred_format": args.pred_format if preds is not None else "trainIds",
+              "mode": args.mode, "scales": list(args.scales), "flip": args.flip, "workers": args.workers}
+    report, scored = build_report(stats, durations, source, model)
+    paths = write_report(report, scored, args.out)
+    _print_summary(report, paths)
+    return 0
+
+
+def _bag(args: argparse.Namespace) -> int:
+    from seg_perception.eval.bag_eval import BagEvalConfig, evaluate_bag
+    from seg_perception.eval.report import build_report, model_identity, write_report
+
+    config = BagEvalConfig(args.bag, args.image_topic, args.gt_topic or "", args.gt_dir, args.model, args.backend,
+                           args.threads, args.stamp_tolerance_ms, args.camera_info_topic, args.write_bag,
+                           args.write_storage, args.params_file)
+    bar = None
+
+    def on_frame(total: int) -> None:
+        nonlocal bar
+        bar = bar or _progress(args, total, "frame")
+        bar.update()
+
+    try:
+        result = evaluate_bag(config, on_frame)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.trace:
+        from seg_perception.core.trace_export import write_trace
+
+        write_trace(result.tracer, args.trace)
+    source = {"dataset": "bag", "bag": str(args.bag), "image_topic": args.image_topic,
+              "gt": args.gt_topic or str(args.gt_dir), "num_frames": result.num_frames,
+              "unmatched_frames": result.unmatched_frames, "unmatched_gt": result.unmatched_gt,
+              "write_bag": str(args.write_bag) if args.write_bag else None}
+    report, scored = build_report(result.stats, result.tracer.durations_ms(), source,
+                                  model_identity(args.model, result.model_info))
+    paths = write_report(report, scored, args.out)
+    _print_summary(report, paths)
+    return 0
+
+
+def _print_summary(report: dict, paths: list[Path]) -> None:
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f}"
+
+    e2e = report["latency_ms"].get("end_to_end")
+    print(f"mIoU {pct(report['miou'])}  category IoU {pct(report['mean_category_iou'])}  iIoU {pct(report['iiou'])}"
+          f"  pixel acc {pct(report['pixel_accuracy'])}  on {report['num_images']} images"
+          + (f"; pipeline p50 {e2e['p50']:.1f} ms p99 {e2e['p99']:.1f} ms" if e2e else ""))
+    print("wrote " + ", ".join(map(str, paths)))

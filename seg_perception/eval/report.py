@@ -1,0 +1,144 @@
+"""Evaluation reports: report.json (fractions 0..1, null where nothing was scored), a Markdown table beside it and a
+confusion-matrix PNG. Files are written only once the evaluation has finished, so a failed run leaves none."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from seg_perception.core.trace import END_TO_END, STAGES
+from seg_perception.eval.metrics import CITYSCAPES_CLASSES, EvalStats, Scores, scores
+
+_PERCENTILES = (50, 90, 99)
+
+
+def latency_percentiles(durations_ms: np.ndarray) -> dict[str, dict[str, float]]:
+    """[frames, stages + 1] (Tracer.durations_ms layout) -> per stage and end to end: count, mean, p50/p90/p99, max."""
+    out = {}
+    if durations_ms.size == 0:
+        return out
+    for i, name in enumerate(STAGES + (END_TO_END,)):
+        col = durations_ms[:, i]
+        col = col[~np.isnan(col)]
+        if col.size == 0:
+            continue
+        p = np.percentile(col, _PERCENTILES)
+        out[name] = {"count": int(col.size), "mean": float(col.mean()),
+                     **{f"p{q}": float(v) for q, v in zip(_PERCENTILES, p)}, "max": float(col.max())}
+    return out
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(model: str, info) -> dict:
+    """ModelInfo name / variant / input size, and the artifact's sha256 when it is a file."""
+    from seg_perception.backends import resolve_model
+
+    model = resolve_model(model)  # '' is the embedded default
+    path = model.split(":", 1)[1] if ":" in model and not Path(model).is_file() else model  # zoo:checkpoint
+    return {"artifact": model, "name": info.name, "variant": info.variant, "input_size": list(info.input_size),
+            "has_logits": info.has_logits, "sha256": sha256_file(path) if path and Path(path).is_file() else None}
+
+
+def build_report(stats: EvalStats, durations_ms: np.ndarray, source: dict, model: dict | None,
+                 extra: dict | None = None) -> tuple[dict, Scores]:
+    s = scores(stats)
+    report = {
+        "miou": s.miou,
+        "per_class_iou": s.per_class_iou,
+        "category_iou": s.category_iou,
+        "mean_category_iou": s.mean_category_iou,
+        "pixel_accuracy": s.pixel_accuracy,
+        "iiou": s.iiou,
+        "per_class_iiou": s.per_class_iiou,
+        "category_iiou": s.category_iiou,
+        "mean_category_iiou": s.mean_category_iiou,
+        "num_images": stats.num_images,
+        "num_instance_images": stats.num_instance_images,
+        "classes": list(CITYSCAPES_CLASSES),
+        # rows: ground-truth train id, columns: predicted train id
+        "confusion_matrix": s.confusion_matrix.tolist(),
+        # per ground-truth class: pixels predicted as a label that is not one of the 19 classes
+        "ignored_predictions": s.ignored_predictions.tolist(),
+        "latency_ms": latency_percentiles(durations_ms),
+        "model": model,
+        "source": source,
+    }
+    report.update(extra or {})
+    return report, s
+
+
+def write_report(report: dict, scored: Scores, out: str | os.PathLike) -> list[Path]:
+    """report.json at `out`, <stem>.md and <stem>_confusion.png beside it; returns the paths written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md, png = out.with_suffix(".md"), out.with_name(out.stem + "_confusion.png")
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    md.write_text(markdown(report))
+    write_confusion_png(scored.confusion_matrix, png, title=_title(report))
+    tmp.replace(out)  # report.json appears last: its presence means the run completed
+    return [out, md, png]
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _title(report: dict) -> str:
+    model = report.get("model") or {}
+    name = model.get("name") or report["source"].get("predictions", "predictions")
+    return f"{name}: mIoU {_pct(report['miou'])} on {report['num_images']} images"
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# {_title(report)}", "", f"Source: `{json.dumps(report['source'])}`", ""]
+    lines += ["| metric | value (%) |", "|---|---:|"]
+    for key in ("miou", "mean_category_iou", "pixel_accuracy", "iiou", "mean_category_iiou"):
+        lines.append(f"| {key} | {_pct(report[key])} |")
+    lines += ["", "| class | IoU (%) | iIoU (%) |", "|---|---:|---:|"]
+    iiou = report["per_class_iiou"]  # instance classes only
+    for name, iou in report["per_class_iou"].items():
+        lines.append(f"| {name} | {_pct(iou)} | {_pct(iiou[name]) if name in iiou else ''} |")
+    lines += ["", "| category | IoU (%) |", "|---|---:|"]
+    lines += [f"| {name} | {_pct(v)} |" for name, v in report["category_iou"].items()]
+    if report["latency_ms"]:
+        lines += ["", "| stage | count | p50 ms | p90 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {v['count']} | {v['p50']:.2f} | {v['p90']:.2f} | {v['p99']:.2f} | {v['max']:.2f} |"
+                  for name, v in report["latency_ms"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_confusion_png(confusion: np.ndarray, path: str | os.PathLike, title: str = "") -> None:
+    """Row-normalised (recall) confusion matrix with class names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = confusion.sum(axis=1, keepdims=True)
+    norm = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
+    n = len(CITYSCAPES_CLASSES)
+    fig, ax = plt.subplots(figsize=(9, 8), layout="constrained")
+    im = ax.imshow(norm, cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(n), CITYSCAPES_CLASSES, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), CITYSCAPES_CLASSES, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    for i, j in zip(*np.nonzero(norm >= 0.01)):
+        ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                color="black" if norm[i, j] > 0.5 else "white")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of ground-truth pixels")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,318 @@
+"""`seg_node`: camera in; label image, confidence, colour, overlay and ground costmaps out.
+
+A thin shell over `SegPipeline`: this file wires topics, parameters, QoS, the worker thread and diagnostics;
+decoding, inference, resizing and projection all live in seg_perception.core.
+
+Threads: the executor thread only stamps arrivals and drops each message into a `LatestFrameSlot`; one worker
+thread decodes, infers and publishes, always on the newest frame (a frame replaced while waiting is dropped).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass, replace
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from nav_msgs.msg import OccupancyGrid
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from seg_perception.backends import BackendError, open_backend
+from seg_perception.core import trace
+from seg_perception.core.costmap import FUSED, GroundProjector
+from seg_perception.core.frame_slot import LatestFrameSlot
+from seg_perception.core.image_codec import ImageDecodeError
+from seg_perception.core.pipeline import OutputRequest, SegPipeline
+from seg_perception.ros import conversions as conv
+from seg_perception.ros.params import ParameterError, declare
+
+_NOW = trace._NOW
+THROTTLE_S = 5.0  # bad-input log lines: at most one per this many seconds
+_POSE_PARAMS = {"camera_x": "x", "camera_y": "y", "camera_height": "height", "camera_roll": "roll",
+                "camera_pitch": "pitch", "camera_yaw": "yaw"}
+
+
+@dataclass
+class _Frame:
+    msg: Image | CompressedImage
+    arrival_ns: int  # perf_counter clock
+    transport_ns: int  # ROS now - header stamp at arrival
+
+
+def layer_topic(name: str) -> str:
+    return "semantic_costmap" if name == FUSED else "semantic_costmap/" + name.replace(" ", "_")
+
+
+class SegNode(Node):
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__("seg_node", **node_kwargs)
+        p = self.params = declare(self)
+        options = {"threads": p.threads} if p.threads else {}
+        self.backend = open_backend(p.model, p.backend, **options)
+        info = self.backend.info
+        costs = p.costs()
+        for param, names in (("cost_table", list(costs)), ("costmap_classes", p.costmap_classes)):
+            unknown = [n for n in names if n not in info.class_names]
+            if unknown:
+                raise ParameterError(param, f"unknown class name(s) {unknown}; model '{info.name}' has "
+                                            f"{list(info.class_names)}")
+        self.projector = GroundProjector(p.grid(), p.pose(), info.class_names, costs, p.default_cost,
+                                         p.costmap_classes)
+        self.tracer = trace.Tracer(capacity=max(4096, 2 * p.trace_window))
+        self.pipeline = SegPipeline(self.backend, p.output_resolution, self.projector, self.tracer, p.overlay_alpha)
+        self.slot: LatestFrameSlot[_Frame] = LatestFrameSlot()
+        self.rejected = self.errors = self.published = self.idle = 0
+        self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
+        self._camera_info: CameraInfo | None = None
+
+        # Outputs, all relative names so a namespace moves them together.
+        out_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE if p.output_qos == "reliable"
+                             else ReliabilityPolicy.BEST_EFFORT)
+
+        def publisher(topic: str, msg_type=Image):
+            return self.create_publisher(msg_type, topic, out_qos)
+
+        self.pub_mask = publisher("semantic_mask")
+        self.pub_conf = publisher("semantic_mask/confidence")
+        self.pub_color = publisher("semantic_mask/color")
+        self.pub_overlay = publisher("semantic_mask/overlay") if p.publish_overlay else None
+        self.pub_info = publisher("semantic_mask/camera_info", CameraInfo)
+        self.pub_latency = publisher("semantic_mask/latency", DiagnosticArray)
+        self.pub_layers = {name: publisher(layer_topic(name), OccupancyGrid) for name in self.projector.layers}
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._out_mask, self._out_conf = conv.ImageOut("mono8"), conv.ImageOut("mono8")
+        self._out_color, self._out_overlay = conv.ImageOut("rgb8"), conv.ImageOut("rgb8")
+        self._out_info = CameraInfo()
+        self._out_layers = {name: conv.GridOut(self.projector.grid) for name in self.projector.layers}
+        self._latency = DiagnosticArray()
+
+        # Inputs.
+        in_qos = QoSProfile(depth=p.input_depth, reliability=ReliabilityPolicy.RELIABLE if p.input_qos == "reliable"
+                            else ReliabilityPolicy.BEST_EFFORT)
+        msg_type = CompressedImage if p.input_type == "compressed" else Image
+        self.create_subscription(msg_type, p.subscribed_topic, self._on_image, in_qos)
+        if p.camera_info_topic:
+            self.create_subscription(CameraInfo, p.camera_info_topic, self._on_camera_info, qos_profile_sensor_data)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._diag_last = (_NOW(), 0, 0)
+        self.create_timer(p.diagnostics_period, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.name}; "
+            f"listening on {p.subscribed_topic} ({p.input_type}, {p.input_qos})")
+
+    # --- executor thread: cheap -------------------------------------------------------------------
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        arrival = _NOW()
+        transport = self.get_clock().now().nanoseconds - conv.stamp_to_ns(msg.header.stamp)
+        self.slot.put(_Frame(msg, arrival, transport))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        k, hw = conv.intrinsics(msg)
+        if k[0, 0] <= 0 or min(hw) <= 0:
+            self.get_logger().warning(f"ignoring CameraInfo without intrinsics or size on "
+                                      f"{self.params.camera_info_topic}", throttle_duration_sec=THROTTLE_S)
+            return
+        self._camera_info = msg
+        self.projector.set_intrinsics(k, hw)
+
+    def _on_set_parameters(self, changes) -> SetParametersResult:
+        pose = {}
+        for change in changes:  # rclpy has already refused read-only ones and out-of-range values
+            if change.name == "overlay_alpha":
+                self.pipeline.overlay_alpha = float(change.value)
+            elif change.name in _POSE_PARAMS:
+                pose[_POSE_PARAMS[change.name]] = float(change.value)
+        if pose:
+            self.projector.set_pose(replace(self.projector.pose, **pose))
+        return SetParametersResult(successful=True)
+
+    # --- worker thread ----------------------------------------------------------------------------
+    def _work(self) -> None:
+        log = self.get_logger()
+        while not self.slot.closed:
+            frame = self.slot.take(timeout=0.5)
+            if frame is None:
+                continue
+            try:
+                self._serve(frame)
+            except ImageDecodeError as exc:
+                self.rejected += 1
+                self.last_problem = f"rejected: {exc}"
+                log.warning(f"rejected frame: {exc}", throttle_duration_sec=THROTTLE_S)
+            except Exception as exc:  # keep serving: one bad frame or a transient backend error must not end the node
+                if self.slot.closed:
+                    return
+                self.errors += 1
+                self.last_problem = f"failed: {type(exc).__name__}: {exc}"
+                log.error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=THROTTLE_S)
+
+    def _request(self) -> OutputRequest:
+        subscribed = lambda pub: pub is not None and pub.get_subscription_count() > 0  # noqa: E731
+        return OutputRequest(
+            mask=subscribed(self.pub_mask),
+            confidence=subscribed(self.pub_conf),
+            color=subscribed(self.pub_color),
+            overlay=subscribed(self.pub_overlay),
+            costmaps=any(subscribed(pub) for pub in self.pub_layers.values()),
+        )
+
+    def _serve(self, frame: _Frame) -> None:
+        taken = _NOW()
+        request = self._request()
+        want_info = self.pub_info.get_subscription_count() > 0
+        want_latency = self.pub_latency.get_subscription_count() > 0
+        if not (request.mask or request.confidence or request.color or request.overlay or request.costmaps
+                or want_info or want_latency):
+            self.idle += 1  # nobody listens: skip inference entirely
+            return
+        msg, pipeline = frame.msg, self.pipeline
+        # Decode before the trace frame opens, so a rejected message leaves no half-recorded frame behind.
+        if isinstance(msg, CompressedImage):
+            rgb = pipeline.decode_compressed(msg.data, msg.format)
+        else:
+            rgb = pipeline.decode_raw(msg.data, msg.encoding, msg.height, msg.width, msg.step)
+        decoded = _NOW()
+        tracer = self.tracer
+        slot = tracer.begin(conv.stamp_to_ns(msg.header.stamp))
+        tracer.span(slot, trace.TRANSPORT, frame.arrival_ns - max(frame.transport_ns, 0), frame.arrival_ns)
+        tracer.span(slot, trace.WAIT, frame.arrival_ns, taken)
+        tracer.span(slot, trace.DECODE, taken, decoded)
+        cam_hw = rgb.shape[:2]
+        k_source = self._intrinsics(cam_hw) if (request.costmaps or want_info) else None
+        result = pipeline.process(rgb, request, slot)
+
+        t_pub = _NOW()
+        header = msg.header
+        if request.mask:
+            self.pub_mask.publish(self._out_mask.fill(header, result.mask))
+        if request.confidence:
+            self.pub_conf.publish(self._out_conf.fill(header, result.confidence))
+        if request.color:
+            self.pub_color.publish(self._out_color.fill(header, result.color))
+        if request.overlay:
+            self.pub_overlay.publish(self._out_overlay.fill(header, result.overlay))
+        for name, cells in result.costmaps.items():
+            pub = self.pub_layers[name]
+            if pub.get_subscription_count() > 0:
+                pub.publish(self._out_layers[name].fill(header.stamp, cells))
+        if want_info and k_source is not None:
+            out_hw = cam_hw if self.params.output_resolution == "camera" else self.backend.info.input_size
+            k, k_hw = k_source
+            self.pub_info.publish(conv.scaled_camera_info(self._out_info, k, k_hw, out_hw, header,
+                                                          self._camera_info))
+        tracer.span(slot, trace.PUBLISH, t_pub)
+        tracer.commit(slot)
+        self.published += 1
+        if want_latency:
+            self.pub_latency.publish(self._latency_msg(header, slot, result.inference_ms))
+
+    def _intrinsics(self, cam_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """K and the image size it belongs to: CameraInfo when one arrived, else the fx/fy/cx/cy parameters."""
+        if self._camera_info is not None:
+            return conv.intrinsics(self._camera_info)
+        p = self.params
+        if p.fx <= 0:
+            self.get_logger().warning(
+                f"no CameraInfo on '{p.camera_info_topic}' and parameter fx is 0: costmaps and "
+                f"semantic_mask/camera_info wait for intrinsics", throttle_duration_sec=THROTTLE_S)
+            return None
+        h, w = cam_hw
+        k = conv.k_matrix(p.fx, p.fy or p.fx, p.cx if p.cx >= 0 else (w - 1) / 2, p.cy if p.cy >= 0 else (h - 1) / 2)
+        self.projector.set_intrinsics(k, cam_hw)
+        return k, cam_hw
+
+    def _latency_msg(self, header, slot: int, inference_ms: float) -> DiagnosticArray:
+        spans = self.tracer.spans[slot]
+        ran = spans[:, 1] > 0
+        values = {f"{name}_ms": float((spans[i, 1] - spans[i, 0]) / 1e6)
+                  for i, name in enumerate(trace.STAGES) if ran[i]}
+        values["end_to_end_ms"] = float((spans[ran, 1].max() - spans[ran, 0].min()) / 1e6)
+        values["backend_inference_ms"] = float(inference_ms)
+        device_ms = self.tracer.device_ms[slot]
+        if not np.isnan(device_ms):
+            values["device_inference_ms"] = float(device_ms)
+        msg = self._latency
+        msg.header = header
+        msg.status = [DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.get_name()}: frame latency",
+                                       hardware_id=self.backend.name, values=conv.key_values(values))]
+        return msg
+
+    # --- diagnostics ------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        now = _NOW()
+        last_t, last_in, last_out = self._diag_last
+        counts = self.slot.counts
+        dt = max((now - last_t) / 1e9, 1e-9)
+        in_hz, out_hz = (counts.put - last_in) / dt, (self.published - last_out) / dt
+        self._diag_last = (now, counts.put, self.published)
+        info = self.backend.info
+        values = {"input_rate_hz": in_hz, "output_rate_hz": out_hz, "frames_in": counts.put,
+                  "frames_out": self.published, "dropped": counts.dropped, "rejected": self.rejected,
+                  "errors": self.errors, "idle_no_subscribers": self.idle, "backend": self.backend.name,
+                  "model": info.name, "model_input": f"{info.input_size[0]}x{info.input_size[1]}",
+                  "input_topic": self.params.subscribed_topic, "last_problem": self.last_problem}
+        for stage, s in self.tracer.summary(self.params.trace_window).items():
+            values[f"{stage}_mean_ms"] = s.mean_ms
+            if stage == trace.END_TO_END:
+                values.update(latency_p50_ms=s.p50_ms, latency_p90_ms=s.p90_ms, latency_p99_ms=s.p99_ms,
+                              latency_max_ms=s.max_ms)
+        level, message = DiagnosticStatus.OK, f"{in_hz:.1f} Hz in, {out_hz:.1f} Hz out"
+        if self.rejected or self.errors:
+            level = DiagnosticStatus.WARN
+            message += f"; {self.rejected} rejected, {self.errors} failed frames so far"
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [DiagnosticStatus(level=level, name=f"{self.get_name()}: semantic segmentation",
+                                         message=message, hardware_id=self.backend.name,
+                                         values=conv.key_values(values))]
+        self.pub_diag.publish(array)
+
+    # --- shutdown ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the worker (waiting at most ~1.5 s for a frame in flight) and write the trace file."""
+        self.slot.close()
+        self._worker.join(timeout=1.5)
+        if self.params.trace_file and self.tracer.committed:
+            try:  # a trace that cannot be written must not spoil a clean exit
+                from seg_perception.core.trace_export import write_trace
+
+                write_trace(self.tracer, self.params.trace_file)
+                self.get_logger().info(f"trace of {self.tracer.committed} frames written to {self.params.trace_file}")
+            except Exception as exc:
+                self.get_logger().error(f"cannot write trace_file {self.params.trace_file}: {exc}")
+        self.backend.close()
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers that shut the context down
+    try:
+        node = SegNode()
+    except (ParameterError, BackendError, ValueError) as exc:
+        rclpy.logging.get_logger("seg_node").fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        executor.shutdown(timeout_sec=0.5)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""seg_node's parameters: one table gives each its default, description, range and mutability.
+
+config/seg.yaml documents the same names (a test keeps the two in step). An invalid value stops start-up with a
+`ParameterError` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+
+from seg_perception.backends import BACKENDS
+from seg_perception.core.costmap import CameraPose, GridSpec
+
+INPUT_QOS = ("sensor_data", "best_effort", "reliable")
+OUTPUT_QOS = ("reliable", "best_effort")
+
+
+class ParameterError(ValueError):
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"parameter '{name}': {problem}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Spec:
+    default: object
+    description: str
+    choices: tuple[str, ...] = ()
+    range: tuple[float, float] | None = None
+    read_only: bool = True  # False: may change at run time (the node applies it on the next frame)
+
+
+# Camera pose parameters may be tuned live (e.g. while calibrating the pitch against a known floor).
+PARAMETERS: dict[str, Spec] = {
+    "model": Spec("", "ONNX file, TensorRT engine (.engine/.plan) or zoo name; empty = the embedded default model"),
+    "backend": Spec("auto", "inference backend", choices=BACKENDS),
+    "threads": Spec(0, "CPU inference threads (0 = the backend's default)", range=(0, 256)),
+    "input_topic": Spec("/camera/image_raw", "camera topic; with input_type compressed, '/compressed' is "
+                                             "appended unless the name already ends with it"),
+    "input_type": Spec("raw", "raw = sensor_msgs/Image, compressed = sensor_msgs/CompressedImage (jpeg, png)",
+                       choices=("raw", "compressed")),
+    "input_qos": Spec("sensor_data", "input QoS reliability", choices=INPUT_QOS),
+    "input_depth": Spec(1, "input queue depth (1 = newest frame only)", range=(1, 100)),
+    "output_qos": Spec("reliable", "output QoS reliability (a reliable publisher also serves best-effort "
+                                   "subscribers)", choices=OUTPUT_QOS),
+    "camera_info_topic": Spec("/camera/camera_info", "sensor_msgs/CameraInfo topic; empty = use fx/fy/cx/cy"),
+    "output_resolution": Spec("camera", "size of mask, confidence, colour and overlay", choices=("camera", "model")),
+    "publish_overlay": Spec(True, "offer semantic_mask/overlay (computed only while subscribed)"),
+    "overlay_alpha": Spec(0.5, "weight of the class colours in the overlay", range=(0.0, 1.0), read_only=False),
+    "fx": Spec(0.0, "fallback focal length x in pixels when no CameraInfo arrives (0 = none)", range=(0.0, 1e6)),
+    "fy": Spec(0.0, "fallback focal length y in pixels (0 = same as fx)", range=(0.0, 1e6)),
+    "cx": Spec(-1.0, "fallback principal point x in pixels (-1 = image centre)", range=(-1.0, 1e6)),
+    "cy": Spec(-1.0, "fallback principal point y in pixels (-1 = image centre)", range=(-1.0, 1e6)),
+    "camera_x": Spec(0.0, "camera position along costmap_frame x (m, forward)", range=(-100.0, 100.0),
+                     read_only=False),
+    "camera_y": Spec(0.0, "camera position along costmap_frame y (m, left)", range=(-100.0, 100.0),
+                     read_only=False),
+    "camera_height": Spec(1.2, "camera height above the ground plane (m)", range=(0.01, 100.0), read_only=False),
+    "camera_roll": Spec(0.0, "camera roll (rad, > 0 clockwise seen from behind)", range=(-math.pi, math.pi),
+                        read_only=False),
+    "camera_pitch": Spec(0.0, "camera pitch (rad, > 0 looks down)", range=(-math.pi / 2, math.pi / 2),
+                         read_only=False),
+    "camera_yaw": Spec(0.0, "camera yaw (rad, > 0 looks left)", range=(-math.pi, math.pi), read_only=False),
+    "costmap_frame": Spec("base_link", "frame_id of the costmaps (the frame the camera pose is given in)"),
+    "costmap_resolution": Spec(0.1, "costmap cell size (m)", range=(0.01, 10.0)),
+    "costmap_size_x": Spec(20.0, "costmap extent along x (m)", range=(0.1, 1000.0)),
+    "costmap_size_y": Spec(20.0, "costmap extent along y (m)", range=(0.1, 1000.0)),
+    "costmap_origin_x": Spec(0.0, "x of the costmap's first cell corner (m)", range=(-1000.0, 1000.0)),
+    "costmap_origin_y": Spec(-10.0, "y of the costmap's first cell corner (m); -size_y/2 centres it",
+                             range=(-1000.0, 1000.0)),
+    "costmap_max_range": Spec(0.0, "cells farther than this from the camera stay unknown (m, 0 = no limit)",
+                              range=(0.0, 1000.0)),
+    "cost_table": Spec(["road:0", "sidewalk:30", "terrain:50", "person:100", "rider:100", "car:100",
+                        "truck:100", "bus:100", "train:100", "motorcycle:100", "bicycle:100"],
+                       "'class:cost' entries (cost 0..100, -1 = unknown) for the fused semantic_costmap"),
+    "default_cost": Spec(100, "fused cost of classes missing from cost_table", range=(-1, 100)),
+    "costmap_classes": Spec(["road", "person", "car"], "one semantic_costmap/<class> layer per name "
+                                                       "(spaces become underscores in the topic)"),
+    "diagnostics_period": Spec(1.0, "seconds between /diagnostics messages", range=(0.1, 60.0)),
+    "trace_file": Spec("", "write the stage trace here on shutdown (.json Chrome trace, .csv or .png)"),
+    "trace_window": Spec(300, "frames behind the latency percentiles in /diagnostics", range=(10, 100000)),
+}
+
+
+@dataclass
+class NodeParams:
+    model: str
+    backend: str
+    threads: int
+    input_topic: str
+    input_type: str
+    input_qos: str
+    input_depth: int
+    output_qos: str
+    camera_info_topic: str
+    output_resolution: str
+    publish_overlay: bool
+    overlay_alpha: float
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    camera_x: float
+    camera_y: float
+    camera_height: float
+    camera_roll: float
+    camera_pitch: float
+    camera_yaw: float
+    costmap_frame: str
+    costmap_resolution: float
+    costmap_size_x: float
+    costmap_size_y: float
+    costmap_origin_x: float
+    costmap_origin_y: float
+    costmap_max_range: float
+    cost_table: list[str]
+    default_cost: int
+    costmap_classes: list[str]
+    diagnostics_period: float
+    trace_file: str
+    trace_window: int
+
+    @property
+    def subscribed_topic(self) -> str:
+        if self.input_type == "compressed" and not self.input_topic.endswith("/compressed"):
+            return self.input_topic.rstrip("/") + "/compressed"
+        return self.input_topic
+
+    def pose(self) -> CameraPose:
+        return CameraPose(self.camera_x, self.camera_y, self.camera_height, self.camera_roll, self.camera_pitch,
+                          self.camera_yaw)
+
+    def grid(self) -> GridSpec:
+        return GridSpec(self.costmap_resolution, self.costmap_size_x, self.costmap_size_y, self.costmap_origin_x,
+                        self.costmap_origin_y, self.costmap_frame, self.costmap_max_range)
+
+    def costs(self) -> dict[str, int]:
+        """cost_table as {class name: cost}."""
+        out = {}
+        for entry in self.cost_table:
+            name, sep, cost = entry.rpartition(":")
+            try:
+                out[name.strip()] = int(cost)
+            except ValueError:
+                sep = ""
+            if not sep or not name.strip():
+                raise ParameterError("cost_table", f"entry '{entry}' is not 'class name:integer cost'")
+        return out
+
+
+assert {f.name for f in fields(NodeParams)} == set(PARAMETERS), "PARAMETERS and NodeParams disagree"
+
+
+def descriptor(name: str, spec: Spec) -> ParameterDescriptor:
+    text = spec.description + (f" (one of: {', '.join(spec.choices)})" if spec.choices else "")
+    desc = ParameterDescriptor(name=name, description=text, read_only=spec.read_only)
+    if spec.range is not None:
+        lo, hi = spec.range
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        else:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return desc
+
+
+def check(name: str, value: object) -> None:
+    """Raise ParameterError when `value` is not acceptable for `name` (ranges are enforced by rclpy itself)."""
+    spec = PARAMETERS[name]
+    if spec.choices and value not in spec.choices:
+        raise ParameterError(name, f"'{value}' is not one of {', '.join(spec.choices)}")
+    if name == "input_topic" and not value:
+        raise ParameterError(name, "must not be empty")
+
+
+def declare(node: Node) -> NodeParams:
+    """Declare every parameter on `node` and return the validated values."""
+    values = {}
+    for name, spec in PARAMETERS.items():
+        try:
+            param = node.declare_parameter(name, spec.default, descriptor(name, spec))
+        except Exception as exc:  # rclpy raises InvalidParameterValue/TypeException with its own text
+            raise ParameterError(name, str(exc)) from exc
+        check(name, param.value)
+        values[name] = param.value
+    params = NodeParams(**values)
+    params.costs()  # validates the entry syntax
+    return params

@@ -1,0 +1,142 @@
+"""The node's ROS-light parts: the latest-frame slot, message conversions, parameter table and config/seg.yaml."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from seg_perception.core.costmap import GridSpec
+from seg_perception.core.frame_slot import LatestFrameSlot
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- latest-frame slot -----------------------------------------------------------------------------
+def test_slot_keeps_only_the_newest_frame_and_counts_drops():
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True and slot.put(3) is True
+    assert slot.take(timeout=0) == 3
+    assert slot.take(timeout=0.01) is None
+    assert (slot.counts.put, slot.counts.taken, slot.counts.dropped) == (3, 1, 2)
+
+
+def test_slot_under_a_fast_producer_serves_recent_frames_with_bounded_lag():
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    served = []
+
+    def worker():
+        while (item := slot.take(timeout=1.0)) is not None:
+            served.append((item, latest[0]))
+            time.sleep(0.01)  # "inference"
+
+    latest = [0]
+    thread = threading.Thread(target=worker)
+    thread.start()
+    for i in range(1, 401):
+        latest[0] = i
+        slot.put(i)
+        time.sleep(0.0005)
+    time.sleep(0.05)
+    slot.close()
+    thread.join(2)
+    assert not thread.is_alive()
+    assert served[-1][0] == 400  # the newest frame is always served
+    assert slot.counts.dropped == 400 - len(served) and len(served) < 200
+    # When a frame is taken it is the newest one published so far.
+    assert all(newest - item <= 1 for item, newest in served)
+
+
+def test_slot_close_wakes_a_waiting_worker():
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    result = []
+    thread = threading.Thread(target=lambda: result.append(slot.take()))
+    thread.start()
+    time.sleep(0.05)
+    slot.close()
+    thread.join(1)
+    assert result == [None] and slot.closed
+
+
+# --- conversions -----------------------------------------------------------------------------------
+def test_image_out_refills_one_buffer_without_copies_into_the_message():
+    conv = pytest.importorskip("seg_perception.ros.conversions")
+    from std_msgs.msg import Header
+
+    out = conv.ImageOut("rgb8")
+    header = Header(frame_id="cam")
+    a = np.random.default_rng(0).integers(0, 255, (6, 10, 3), np.uint8)
+    msg = out.fill(header, a[:, ::-1])  # a non-contiguous view is copied once
+    buffer = msg.data
+    assert (msg.height, msg.width, msg.step, msg.encoding) == (6, 10, 30, "rgb8")
+    assert np.array_equal(np.frombuffer(msg.data, np.uint8).reshape(6, 10, 3), a[:, ::-1])
+    msg = out.fill(header, a)
+    assert msg.data is buffer  # same size: refilled in place
+    assert np.array_equal(np.frombuffer(msg.data, np.uint8).reshape(6, 10, 3), a)
+    msg = out.fill(header, a[:3])
+    assert msg.height == 3 and len(msg.data) == 90
+
+
+def test_grid_out_and_scaled_camera_info():
+    conv = pytest.importorskip("seg_perception.ros.conversions")
+    from sensor_msgs.msg import CameraInfo
+    from std_msgs.msg import Header
+
+    grid = GridSpec(resolution=0.5, size_x=3.0, size_y=2.0, origin_x=1.0, origin_y=-1.0, frame="odom")
+    out = conv.GridOut(grid)
+    cells = np.arange(24, dtype=np.int8).reshape(4, 6)
+    stamp = Header().stamp
+    stamp.sec = 7
+    msg = out.fill(stamp, cells)
+    assert (msg.info.width, msg.info.height, msg.header.frame_id, msg.header.stamp.sec) == (6, 4, "odom", 7)
+    assert (msg.info.origin.position.x, msg.info.origin.position.y) == (1.0, -1.0)
+    assert list(msg.data) == list(range(24))
+
+    k = conv.k_matrix(100.0, 100.0, 319.5, 239.5)
+    info = conv.scaled_camera_info(CameraInfo(), k, (480, 640), (240, 320), Header(frame_id="cam"))
+    assert (info.height, info.width) == (240, 320)
+    assert np.allclose(np.reshape(info.k, (3, 3)), [[50, 0, 159.5], [0, 50, 119.5], [0, 0, 1]])
+    assert np.allclose(np.reshape(info.p, (3, 4))[:, :3], np.reshape(info.k, (3, 3)))
+
+
+# --- parameters and config/seg.yaml ----------------------------------------------------------------
+def test_config_yaml_documents_every_parameter_with_its_default():
+    params = pytest.importorskip("seg_perception.ros.params")
+    text = (REPO / "config" / "seg.yaml").read_text()
+    values = yaml.safe_load(text)["/**"]["ros__parameters"]
+    assert set(values) == set(params.PARAMETERS)
+    for name, spec in params.PARAMETERS.items():
+        assert values[name] == spec.default, name
+        assert spec.description in text, f"{name} is not documented in config/seg.yaml"
+
+
+def test_declare_reads_overrides_and_rejects_bad_values(ros_env):
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.parameter import Parameter
+
+    from seg_perception.ros.params import ParameterError, declare
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
+    try:
+        def node(**overrides):
+            return rclpy.create_node("seg_node", context=ctx, parameter_overrides=[
+                Parameter(k, value=v) for k, v in overrides.items()])
+
+        p = declare(node(input_type="compressed", input_topic="/cam/image", cost_table=["road:0", "traffic light:70"]))
+        assert p.subscribed_topic == "/cam/image/compressed"
+        assert p.costs() == {"road": 0, "traffic light": 70}
+        assert p.grid().width == 200 and p.pose().height == 1.2
+        with pytest.raises(ParameterError, match="parameter 'backend'"):
+            declare(node(backend="tflite"))
+        with pytest.raises(ParameterError, match="parameter 'camera_height'"):
+            declare(node(camera_height=-1.0))
+        with pytest.raises(ParameterError, match="parameter 'cost_table'"):
+            declare(node(cost_table=["road"])).costs()
+    finally:
+        rclpy.shutdown(context=ctx)
