@@ -29,6 +29,8 @@ EXTRAS = {
     ],
     # Export, training, parity checks. torch is pinned so this machine takes its on-disk CPU wheel.
     "models": ["torch==2.13.0", "fvcore>=0.1.5"],
+    # NVIDIA GPUs: TensorRT 10 Python bindings and cuda-python for streams, events and page-locked buffers.
+    "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
     "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2", "colcon-common-extensions>=0.3"],
 }
 
@@ -36,7 +38,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "bench"]),
-    package_data={PACKAGE: ["models/fixtures/*.json", "assets/*.onnx"]},
+    package_data={PACKAGE: ["models/fixtures/*.json", "deploy/*.json", "assets/*.onnx"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

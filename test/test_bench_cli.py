@@ -35,7 +35,7 @@ def test_bench_console_script_prints_stage_table_and_writes_chrome_trace(tiny_on
 
     events = json.loads(out.read_text())["traceEvents"]
     frames = [e for e in events if e["ph"] == "X" and e["tid"] == 0]
-    assert len(frames) == 8
+    assert len(frames) == 8 and {e["name"] for e in frames} == {"end_to_end"}
     assert {e["name"] for e in events if e["ph"] == "X" and e["tid"] != 0} == set(STAGE_ROWS) | {"costmap"}
 
 

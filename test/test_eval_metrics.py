@@ -163,3 +163,19 @@ def test_perfect_and_empty_predictions():
     assert s.per_class_iou["road"] == 0.0 and s.ignored_predictions[0] == 16
     with pytest.raises(ValueError, match="ground truth is 6x4 but prediction is 6x3"):
         accumulate(stats, gt, gt[:3], "labelIds", "labelIds")
+
+
+def test_large_image_path_counts_the_same(dataset, monkeypatch):
+    """Images of 2**24 pixels or more are counted with np.bincount (float32 histograms would round)."""
+    import seg_perception.eval.metrics as metrics
+
+    _, _, arrays = dataset
+    small, large = EvalStats(), EvalStats()
+    for gt, pred, inst in arrays:
+        accumulate(small, gt, pred, "labelIds", "labelIds", inst)
+    monkeypatch.setattr(metrics, "_EXACT_FLOAT32", 0)
+    for gt, pred, inst in arrays:
+        accumulate(large, gt, pred, "labelIds", "labelIds", inst)
+    np.testing.assert_array_equal(small.matrix, large.matrix)
+    np.testing.assert_allclose(small.inst_tp, large.inst_tp, rtol=1e-12)
+    np.testing.assert_allclose(small.cat_inst_fn, large.cat_inst_fn, rtol=1e-12)

@@ -69,7 +69,7 @@ def test_chrome_trace_is_valid_json_with_one_track_per_stage_and_thread(traced, 
     assert len(complete) == FRAMES * (1 + 2 + len(PIPELINE_STAGES))  # the abandoned frame is not exported
     for e in complete:
         assert {"name", "ts", "dur", "pid", "tid", "args"} <= set(e) and e["dur"] >= 0 and e["ts"] >= 0
-        assert names[e["tid"]].split(" ")[0] == (e["name"] if not e["name"].startswith("frame ") else "frames")
+        assert names[e["tid"]].split(" ")[0] == ("frames" if e["name"] == END_TO_END else e["name"])
 
     frames = {e["args"]["frame"]: e for e in complete if e["tid"] == 0}
     assert sorted(frames) == list(range(FRAMES))

@@ -79,9 +79,9 @@ class OnnxRuntimeBackend(Backend):
         self._buffers = {o.name: np.empty(self._output_shape(o.name, o.shape, h, w), _NUMPY_DTYPES[o.type])
                          for o in self.session.get_outputs() if o.name in ("labels", "confidence", "logits")}
         # One binding per output set, outputs bound once to the preallocated buffers.
-        self._bindings = {False: self._binding(ort, ("labels", "confidence"))}
+        self._bindings = {False: self._binding(("labels", "confidence"))}
         if "logits" in self._buffers:
-            self._bindings[True] = self._binding(ort, ("labels", "confidence", "logits"))
+            self._bindings[True] = self._binding(("labels", "confidence", "logits"))
 
     def _check_signature(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -104,7 +104,7 @@ class OnnxRuntimeBackend(Backend):
                                f"for input {h}x{w} and {self.info.num_classes} classes")
         return want
 
-    def _binding(self, ort, names: tuple[str, ...]):
+    def _binding(self, names: tuple[str, ...]):
         binding = self.session.io_binding()
         for name in names:
             buf = self._buffers[name]

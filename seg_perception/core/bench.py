@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
         providers = getattr(backend, "providers", None)  # ONNX Runtime's execution providers
         print(f"model {info.name} ({info.input_size[0]}x{info.input_size[1]}) on {backend.name}"
-              f"{f' {providers}' if providers else ''}; camera {cam_h}x{cam_w} {args.encoding}, output at {args.output_resolution} resolution")
+              f"{f' {providers}' if providers else ''}; camera {cam_h}x{cam_w} {args.encoding}, "
+              f"output at {args.output_resolution} resolution")
         print(format_table(tracer.summary(), title=f"{args.frames} frames after {args.warmup} warm-up"))
         print(f"throughput {args.frames / wall:.2f} frames/s (one frame at a time)")
         if args.trace:

@@ -68,7 +68,7 @@ def chrome_trace(tracer: Tracer, window: int | None = None) -> dict:
         e2e_args = dict(frame_args, end_to_end_ms=(end - start) / 1e6)
         if not np.isnan(device_ms):
             e2e_args["inference_device_ms"] = device_ms
-        events.append(_complete(f"frame {frame}", us(start), (end - start) / 1e3, pid, _FRAME_TRACK, e2e_args))
+        events.append(_complete(END_TO_END, us(start), (end - start) / 1e3, pid, _FRAME_TRACK, e2e_args))
         for s in stages:
             s0, s1 = int(spans[f, s, 0]), int(spans[f, s, 1])
             args = frame_args

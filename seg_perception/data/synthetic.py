@@ -18,6 +18,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from seg_perception.eval.metrics import LABEL_TO_TRAIN
+
 # Cityscapes label ids (cityscapesscripts.helpers.labels)
 UNLABELED, EGO_VEHICLE, OUT_OF_ROI, DYNAMIC = 0, 1, 3, 5
 ROAD, SIDEWALK, RAIL_TRACK, BUILDING, WALL, FENCE, POLE = 7, 8, 10, 11, 12, 13, 17
@@ -37,17 +39,6 @@ class SyntheticFrame:
     instance_ids: np.ndarray  # int32 HxW, label_id*1000+k for instance classes, label_id otherwise
 
 
-@functools.lru_cache(maxsize=1)
-def label_to_train_lut() -> np.ndarray:
-    """256-entry table label id -> train id (255 for ignored), from cityscapesscripts' label table."""
-    from cityscapesscripts.helpers.labels import labels
-    lut = np.full(256, 255, np.uint8)
-    for lab in labels:
-        if 0 <= lab.id < 256 and 0 <= lab.trainId < 255:
-            lut[lab.id] = lab.trainId
-    return lut
-
-
 @dataclass(frozen=True)
 class Camera:
     """Pinhole camera at CAMERA_HEIGHT_M, looking down the street (+z), image rows grow downwards."""
@@ -62,9 +53,10 @@ class Camera:
         # focal ~ image width (a ~53 degree field of view); horizon a little above the middle, as in Cityscapes
         return cls(height, width, float(width), width / 2.0, 0.42 * height)
 
-    def intrinsics(self) -> list[float]:
-        """Row-major 3x3 K, as sensor_msgs/CameraInfo wants it."""
-        return [self.focal, 0.0, self.cx, 0.0, self.focal, self.cy, 0.0, 0.0, 1.0]
+    def pinhole(self):
+        """These intrinsics as the bag writer's CameraInfo description."""
+        from seg_perception.eval.bag_io import PinholeCamera
+        return PinholeCamera(self.focal, self.focal, self.cx, self.cy)
 
     def project(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """World (lateral x, height y, depth z) relative to the camera -> pixel (u, v), last axis."""
@@ -91,17 +83,18 @@ MATERIALS: dict[str, Material] = {
     "concrete": Material((135, 130, 125), "blotch", 0.12),
     "window": Material((45, 60, 85), "noise", 0.15),
     "poster": Material((230, 90, 200), "blotch", 0.4),
-    "wall": Material((175, 178, 172), "vstripes", 0.15),
+    "wall": Material((115, 115, 165), "vstripes", 0.15),
     "fence": Material((125, 95, 45), "lattice", 0.45),
-    "pole": Material((170, 175, 190), "vstripes", 0.10),
-    "light_box": Material((25, 30, 25), "flat", 0.05),
+    "pole": Material((215, 215, 215), "hstripes", 0.12),
+    "light_box": Material((20, 20, 20), "flat", 0.05),
     "lamp_red": Material((255, 30, 20), "flat", 0.05),
+    "lamp_amber": Material((255, 190, 0), "flat", 0.05),
     "lamp_green": Material((30, 255, 90), "flat", 0.05),
     "sign": Material((20, 70, 210), "flat", 0.05),
     "sign_face": Material((250, 250, 250), "flat", 0.05),
     "leaves": Material((55, 125, 35), "leaves", 0.45),
     "trunk": Material((90, 60, 35), "vstripes", 0.2),
-    "terrain": Material((160, 160, 85), "blotch", 0.25),
+    "terrain": Material((165, 210, 95), "blotch", 0.2),
     "shirt": Material((140, 40, 190), "noise", 0.15),
     "trousers": Material((70, 25, 90), "noise", 0.15),
     "skin": Material((225, 170, 140), "flat", 0.05),
@@ -230,11 +223,11 @@ def _two_wheeler(rng: np.random.Generator, motor: bool, ridden: bool) -> list[Pa
                  Part(material, label, np.float32([[-gap, r + 0.1], [gap, r + 0.1], [gap * 0.8, 1.0], [-gap * 0.5, 0.95]])),
                  Part("chrome", label, _ellipse(0.0, r + 0.05, 0.2, 0.12))]
     else:
-        wheel = 0.05
+        wheel = 0.09  # thick tyres and frame: thin lines vanish at model resolution
         parts = [Part(material, label, _ellipse(-gap, r, r, r)[list(range(16)) + [0]], wheel),
                  Part(material, label, _ellipse(gap, r, r, r)[list(range(16)) + [0]], wheel),
-                 Part(material, label, np.float32([[-gap, r], [0.0, r], [0.25, 0.95], [-0.2, 0.9], [-gap, r]]), 0.06),
-                 Part(material, label, np.float32([[0.0, r], [gap, r], [0.4, 1.05]]), 0.06)]
+                 Part(material, label, np.float32([[-gap, r], [0.0, r], [0.25, 0.95], [-0.2, 0.9], [-gap, r]]), 0.1),
+                 Part(material, label, np.float32([[0.0, r], [gap, r], [0.4, 1.05]]), 0.1)]
     if ridden:
         seat = 0.85 if motor else 0.9
         parts += [Part("jacket", RIDER, _rect(-0.24, 0.22, seat, seat + 0.65)),
@@ -281,20 +274,20 @@ def _train() -> list[Part]:
 
 def _pole(rng: np.random.Generator, kind: str) -> list[Part]:
     height = rng.uniform(3.5, 7.0)
-    parts = [Part("pole", POLE, _rect(-0.08, 0.08, 0.0, height))]
-    if kind == "light":
+    parts = [Part("pole", POLE, _rect(-0.11, 0.11, 0.0, height))]
+    if kind == "light":  # a black housing with its three lamps, larger than life so that a small model sees it
         top = height
-        parts += [Part("light_box", TRAFFIC_LIGHT, _rect(-0.2, 0.2, top - 1.0, top + 0.1)),
-                  Part("lamp_red" if rng.random() < 0.5 else "lamp_green", TRAFFIC_LIGHT,
-                       _ellipse(0.0, top - 0.2 if rng.random() < 0.5 else top - 0.75, 0.12, 0.12))]
+        parts.append(Part("light_box", TRAFFIC_LIGHT, _rect(-0.3, 0.3, top - 1.5, top + 0.1)))
+        parts += [Part(lamp, TRAFFIC_LIGHT, _ellipse(0.0, top - 0.2 - 0.5 * k, 0.17, 0.17))
+                  for k, lamp in enumerate(("lamp_red", "lamp_amber", "lamp_green"))]
     elif kind == "sign":
         y = min(height, rng.uniform(2.2, 3.0))
         if rng.random() < 0.5:
-            parts += [Part("sign", TRAFFIC_SIGN, _ellipse(0.0, y, 0.35, 0.35)),
-                      Part("sign_face", TRAFFIC_SIGN, _rect(-0.22, 0.22, y - 0.06, y + 0.06))]
+            parts += [Part("sign", TRAFFIC_SIGN, _ellipse(0.0, y, 0.45, 0.45)),
+                      Part("sign_face", TRAFFIC_SIGN, _rect(-0.28, 0.28, y - 0.08, y + 0.08))]
         else:
-            parts += [Part("sign", TRAFFIC_SIGN, _rect(-0.35, 0.35, y - 0.35, y + 0.35)),
-                      Part("sign_face", TRAFFIC_SIGN, _ellipse(0.0, y, 0.15, 0.2))]
+            parts += [Part("sign", TRAFFIC_SIGN, _rect(-0.45, 0.45, y - 0.45, y + 0.45)),
+                      Part("sign_face", TRAFFIC_SIGN, _ellipse(0.0, y, 0.2, 0.26))]
     return parts
 
 
@@ -335,9 +328,11 @@ def build_street(rng: np.random.Generator, z_end: float, camera_speed: float = 0
 
     for side in (-1, 1):
         sw = rng.uniform(2.0, 4.5)
-        setback = rng.uniform(1.0, 6.0) if rng.random() < 0.7 else 0.0
+        setback = rng.uniform(2.0, 8.0) if rng.random() < 0.7 else 0.0
         x_curb, x_face = side * rw, side * (rw + sw + setback)
         street.ground.append(_ground(x_curb, side * (rw + sw), z_lo, z_hi, "sidewalk", SIDEWALK))
+        if rng.random() < 0.4:  # a grass verge between kerb and footpath
+            street.ground.append(_ground(x_curb, side * (rw + rng.uniform(0.8, 1.5)), z_lo, z_hi, "terrain", TERRAIN))
         if setback > 0:
             street.ground.append(_ground(side * (rw + sw), x_face, z_lo, z_hi, "terrain", TERRAIN))
         # facades with windows and the odd poster (unlabeled), in blocks with gaps
@@ -366,7 +361,7 @@ def build_street(rng: np.random.Generator, z_end: float, camera_speed: float = 0
             z = z_lo
             while z < z_hi:
                 length = rng.uniform(6.0, 20.0)
-                kind = rng.choice(["wall", "fence", "hedge", "none"], p=[0.3, 0.3, 0.2, 0.2])
+                kind = rng.choice(["wall", "fence", "hedge", "none"], p=[0.2, 0.2, 0.15, 0.45])
                 if kind != "none":
                     material, label, h = {"wall": ("wall", WALL, rng.uniform(1.0, 2.5)),
                                           "fence": ("fence", FENCE, rng.uniform(1.0, 1.8)),
@@ -528,7 +523,7 @@ def _compose(seg: _SegmentMap, cam: Camera, rng: np.random.Generator) -> Synthet
     gain = rng.uniform(0.75, 1.2) * rng.uniform(0.93, 1.07, 3)
     lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain[None, :], 0, 255).astype(np.uint8)
     rgb = cv2.LUT(rgb, lut.reshape(256, 1, 3))
-    return SyntheticFrame(rgb=rgb, label_ids=label_ids, train_ids=label_to_train_lut()[label_ids],
+    return SyntheticFrame(rgb=rgb, label_ids=label_ids, train_ids=LABEL_TO_TRAIN[label_ids],
                           instance_ids=np.asarray(seg.instance, np.int32)[seg.ids])
 
 
@@ -612,7 +607,7 @@ def run(args) -> int:
         h, w = args.size
         frames = render_drive(np.random.default_rng(args.seed), args.frames, h, w)
         path = write_drive_bag(args.bag, frames, storage=args.storage, compressed=args.compressed,
-                               camera_info=Camera.for_image(h, w).intrinsics(), rate_hz=args.rate)
+                               camera_info=Camera.for_image(h, w).pinhole(), rate_hz=args.rate)
         print(f"wrote {path}: {args.frames} frames {h}x{w} at {args.rate} Hz")
         return 0
     for k, spec in enumerate(args.split or ["train:200", "val:50"]):

@@ -35,7 +35,8 @@ def deploy_wrapper(model, info: ModelInfo, with_logits: bool):
             self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
         def forward(self, image):
-            x = (image.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+            # Cast before the transpose: TensorRT lets UINT8 tensors feed only a Cast.
+            x = (image.float().permute(0, 3, 1, 2) - self.mean) * self.inv_std
             logits = self.model(x)
             top, labels = logits.max(dim=1)
             if self.probabilities:

@@ -227,7 +227,8 @@ class _Checker:
             if elem:
                 t = _type_name(elem)
                 if t not in allowed:
-                    self.flag(node, f"tensor '{name}' is {t}; TensorRT supports {', '.join(supported)} here")
+                    hint = " (UINT8 may only be a network input/output: Cast it first)" if t == "UINT8" else ""
+                    self.flag(node, f"tensor '{name}' is {t}; TensorRT supports {', '.join(supported)} here{hint}")
 
     def attr(self, node, name: str, default=None):
         for a in node.attribute:
@@ -243,7 +244,8 @@ class _Checker:
                 checked = True
                 name = node.input[index] if index < len(node.input) else ""
                 if name and not (name in self.initializers or name in self.constants):
-                    if "initializer" in wording or ins[index] != CONST:
+                    # "an initializer" means a weight; "a constant"/"resolvable" also admits folded constants.
+                    if "an initializer" in text or ins[index] != CONST:
                         self.flag(node, f"input {index} ('{name}') must be a constant: {text}")
         if op == "Resize":
             checked = True
@@ -261,6 +263,11 @@ class _Checker:
             checked = True
             if any(node.output[1:]):
                 self.flag(node, f"uses a second output: {text}")
+        if "`sparse_value`, `value_string`" in text:
+            checked = True
+            used = {a.name for a in node.attribute} & {"sparse_value", "value_string", "value_strings"}
+            if used:
+                self.flag(node, f"attribute(s) {sorted(used)} unsupported")
         if "`sorted` must be 1" in text and self.attr(node, "sorted", 1) != 1:
             self.flag(node, "sorted=0 is unsupported")
         if op == "TopK" and "less than 3840" in text:

@@ -2,7 +2,8 @@
 (camera images, camera_info, ground-truth train ids) and readers for Image, CompressedImage and CameraInfo.
 
 Messages are rosbags' own dataclasses from the Jazzy typestore; their CDR is byte-identical to what rclpy
-writes, so `ros2 bag play` and Foxglove read these bags, and `seg-perception replay` publishes them unchanged.
+writes and the metadata is rosbag2 version 9 (Jazzy's), so `seg-perception replay` publishes the stored bytes
+unchanged, and RViz / Foxglove tooling reads the bags.
 """
 
 from __future__ import annotations
@@ -183,13 +184,13 @@ class BagReader:
             raise EvalError(f"cannot open bag '{self.path}': {exc}") from exc
         self.topics: dict[str, str] = {name: t.msgtype for name, t in self._reader.topics.items()}
 
-    def topic(self, name: str, types: tuple[str, ...]) -> str:
-        """The message type of `name`, checked against `types`."""
+    def topic(self, name: str, types: tuple[str, ...] | None = None) -> str:
+        """The message type of `name`, checked against `types` (None: any type)."""
         msgtype = self.topics.get(name)
         if msgtype is None:
             listing = ", ".join(f"{n} ({t})" for n, t in sorted(self.topics.items())) or "none"
             raise EvalError(f"bag '{self.path}' has no topic '{name}'; its topics: {listing}")
-        if msgtype not in types:
+        if types is not None and msgtype not in types:
             raise EvalError(f"topic '{name}' in '{self.path}' is {msgtype}, expected {' or '.join(types)}")
         return msgtype
 

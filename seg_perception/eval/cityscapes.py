@@ -195,8 +195,10 @@ def evaluate(job: CityscapesJob, workers: int = 1,
         results: Iterator[ImageResult] = map(evaluator, range(n))
         pool = None
     else:
-        # spawn: a fresh interpreter per worker, so no inherited ONNX Runtime threads or DDS state
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        # Scoring PNGs forks (cheap, nothing to inherit but numpy); a model gets a fresh interpreter per worker,
+        # so no ONNX Runtime or CUDA state is shared with the process that checked the model.
+        method = "fork" if job.predictions is not None else "spawn"
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                    initializer=_init_worker, initargs=(job,))
         results = pool.map(_run_in_worker, range(n), chunksize=max(1, min(16, n // (4 * workers))))
     try:

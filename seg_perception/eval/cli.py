@@ -109,9 +109,7 @@ def _cityscapes(args: argparse.Namespace) -> int:
 
         with open_backend(args.model, args.backend, **({"threads": threads} if threads else {})) as backend:
             model = model_identity(args.model, backend.info)
-            if inference.needs_logits and not backend.info.has_logits:
-                raise EvalError(f"{args.model} has no logits output, which --mode slide / --scales / --flip "
-                                f"need: export it with --logits")
+            inference.check(backend.info)
 
     bar = _progress(args, len(samples), "img")
 

@@ -43,6 +43,12 @@ class InferenceConfig:
     def needs_logits(self) -> bool:
         return self.mode != "whole" or self.flip or tuple(self.scales) != (1.0,)
 
+    def check(self, info) -> None:
+        """Raise EvalError when the model (ModelInfo) cannot run this configuration."""
+        if self.needs_logits and not info.has_logits:
+            raise EvalError(f"model '{info.name}' has no logits output, which {self.mode} inference with scales "
+                            f"{list(self.scales)} and flip={self.flip} needs: export it with --logits")
+
 
 class Predictor:
     """Train-id label map [H, W] at the input image's size; one traced pipeline frame per forward pass."""
@@ -51,9 +57,7 @@ class Predictor:
         self.pipeline = pipeline
         self.config = config
         info = pipeline.info
-        if config.needs_logits and not info.has_logits:
-            raise EvalError(f"model '{info.name}' has no logits output, which {config.mode} inference with "
-                            f"scales {list(config.scales)} and flip={config.flip} needs: export it with --logits")
+        config.check(info)
         self.model_hw = tuple(info.input_size)
         self.num_classes = info.num_classes
         self.stride = config.stride or (max(1, self.model_hw[0] * 2 // 3), max(1, self.model_hw[1] * 2 // 3))

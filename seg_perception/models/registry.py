@@ -98,7 +98,35 @@ register(Variant(
 ))
 
 # --- SegMAN (LASS encoder + MMSCopE decoder) -------------------------------------------------------
-# Filled by the SegMAN implementation.
+# Official configs (yunxiangfu2001/SegMAN local_configs/segman/*); counts by fvcore with natten/selective-scan
+# handles (research/models.md §1, §6.5). The official T Cityscapes config's 150 classes is a bug: 19 here.
+_SEGMAN_SRC = "SegMAN (CVPR 2025) README + paper Table; research/models.md §6.5"
+SEGMAN_T = dict(embed_dims=(32, 64, 144, 192), depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8),
+                kernel_sizes=(11, 9, 9, 7), mlp_ratios=(4, 4, 3, 3))
+SEGMAN_S = dict(embed_dims=(64, 144, 288, 512), depths=(2, 2, 10, 4), num_heads=(2, 4, 8, 16),
+                kernel_sizes=(11, 9, 7, 7), mlp_ratios=(4, 4, 3.4, 3.4))
+SEGMAN_B = dict(embed_dims=(96, 160, 364, 560), depths=(4, 4, 18, 4), num_heads=(4, 8, 13, 20),
+                kernel_sizes=(11, 9, 7, 7), mlp_ratios=(4, 4, 3, 3), layer_scale=1e-6)
+SEGMAN_L = dict(embed_dims=(96, 192, 432, 640), depths=(4, 4, 28, 4), num_heads=(4, 8, 12, 20),
+                kernel_sizes=(11, 9, 7, 7), mlp_ratios=(4, 4, 3, 3), layer_scale=1e-6)
+for _name, _enc, _e, _p, _refs in (
+    ("segman-t", SEGMAN_T, 128, 192, (Reference(6.40, 6.2, ADE, 150, _SEGMAN_SRC),
+                                       Reference(6.38, 50.9, CITY, 19, "research/models.md §6.5: paper's 52.5 G "
+                                                 "is the config's 150-class head; 19 classes recounted"))),
+    ("segman-s", SEGMAN_S, 152, 288, _r(29.97, 218.4, CITY, 19, _SEGMAN_SRC + " (paper prints 29.4 M, the "
+                                        "ADE head's count; the Cityscapes head is wider, E=152)")),
+    ("segman-s-ade20k", SEGMAN_S, 144, 288, _r(29.42, 25.3, ADE, 150, _SEGMAN_SRC)),
+    ("segman-b", SEGMAN_B, 180, 320, (Reference(51.80, 58.1, ADE, 150, _SEGMAN_SRC),
+                                       Reference(51.78, 479.0, CITY, 19, _SEGMAN_SRC))),
+    ("segman-l", SEGMAN_L, 224, 432, (Reference(92.34, 97.4, ADE, 150, _SEGMAN_SRC + " (README 97.1 G, 92.6 M)"),
+                                       Reference(92.32, 796.0, CITY, 19, _SEGMAN_SRC + " (README's 769 is a typo)"))),
+):
+    register(Variant(
+        _name, "segman", "segman_encoder:SegMANEncoder", _enc, "segman_head:SegMANHead",
+        dict(in_channels=_enc["embed_dims"], channels=_e, feat_proj_dim=_p),
+        num_classes=150 if _name.endswith("ade20k") else 19, references=_refs,
+        notes=f"decoder E={_e}, P={_p}" + ("; ADE20K head" if _name.endswith("ade20k") else ""),
+    ))
 
 # --- Mask2Former (R50) with masked cross-attention or EMCA ------------------------------------------
 # Counts: fvcore, 1 MAC = 1 FLOP, whole model incl. semantic inference; docs/models.md gives the convention.

@@ -1,0 +1,133 @@
+"""Cityscapes evaluation of prediction PNGs: ours against cityscapesscripts' evalPixelLevelSemanticLabeling on the
+same files in one run, with and without instance-level iIoU, on one core and with worker processes.
+
+Files are 1024x2048 like Cityscapes: blocky labelIds, 16-bit instanceIds (~500 instances per image) and
+label-id predictions with 10 % of pixels changed. The numbers of both evaluators are checked to agree (1e-6).
+
+    python bench/bench_eval.py [--pairs 10] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from seg_perception.eval.cityscapes import CityscapesJob, evaluate, find_samples, match_predictions, read_ids
+from seg_perception.eval.metrics import CITYSCAPES_CLASSES, scores
+
+H, W = 1024, 2048
+
+
+def write_pairs(root: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    city = root / "gtFine" / "val" / "benchcity"
+    city.mkdir(parents=True)
+    results = root / "results"
+    results.mkdir()
+    ids = np.arange(34)
+    for i in range(n):
+        gt = cv2.resize(rng.choice(ids, size=(H // 32, W // 32)).astype(np.uint8), (W, H),
+                        interpolation=cv2.INTER_NEAREST)
+        k = cv2.resize(rng.integers(0, 40, size=(H // 32, W // 32)).astype(np.uint16), (W, H),
+                       interpolation=cv2.INTER_NEAREST)
+        inst = np.where(gt >= 24, gt.astype(np.uint16) * 1000 + k, gt.astype(np.uint16))
+        pred = gt.copy()
+        changed = rng.random((H, W)) < 0.1
+        pred[changed] = rng.choice(ids, size=int(changed.sum()))
+        key = f"benchcity_{i:06d}_000019"
+        cv2.imwrite(str(city / f"{key}_gtFine_labelIds.png"), gt)
+        cv2.imwrite(str(city / f"{key}_gtFine_instanceIds.png"), inst)
+        cv2.imwrite(str(results / f"{key}_leftImg8bit.png"), pred)
+
+
+def official(preds, gts, instances: bool) -> tuple[float, dict]:
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
+
+    ev.args.quiet, ev.args.JSONOutput, ev.args.evalInstLevelScore = True, False, instances
+    t0 = time.perf_counter()
+    result = ev.evaluateImgLists([str(p) for p in preds], [str(g) for g in gts], ev.args)
+    return time.perf_counter() - t0, result
+
+
+def ours(job: CityscapesJob, workers: int, repeats: int):
+    times, stats = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        stats, _ = evaluate(job, workers)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), scores(stats)
+
+
+def check_equal(ours_scores, ref: dict, instances: bool) -> float:
+    """Largest difference over every class / category score; raises when above 1e-6."""
+    pairs = [(ours_scores.per_class_iou[c], ref["classScores"][c]) for c in CITYSCAPES_CLASSES]
+    pairs += [(v, ref["categoryScores"][c]) for c, v in ours_scores.category_iou.items()]
+    pairs += [(ours_scores.miou, ref["averageScoreClasses"])]
+    if instances:
+        pairs += [(v, ref["classInstScores"][c]) for c, v in ours_scores.per_class_iiou.items()]
+        pairs += [(v, ref["categoryInstScores"][c]) for c, v in ours_scores.category_iiou.items()]
+        pairs += [(ours_scores.iiou, ref["averageScoreInstClasses"])]
+    worst = 0.0
+    for a, b in pairs:
+        if (a is None) != math.isnan(b):
+            raise SystemExit(f"disagreement: ours {a}, official {b}")
+        if a is not None:
+            worst = max(worst, abs(a - b))
+    if worst > 1e-6:
+        raise SystemExit(f"scores differ by {worst:.2e} > 1e-6")
+    return worst
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=10, help="1024x2048 image pairs")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for the parallel run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of ours (median); the official runs once")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)  # "one core": OpenCV's PNG decoding and LUTs stay on this thread
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        write_pairs(root, args.pairs)
+        print(f"{args.pairs} pairs of {H}x{W} written in {time.perf_counter() - t0:.1f} s")
+        samples = find_samples(root, "val", need_images=False)
+        preds = match_predictions(root / "results", samples)
+        gts = [s.gt for s in samples]
+
+        t0 = time.perf_counter()
+        for s, p in zip(samples, preds):
+            read_ids(s.gt), read_ids(p), read_ids(s.instances)
+        decode_ms = (time.perf_counter() - t0) / args.pairs * 1e3
+
+        rows = []
+        for instances in (False, True):
+            label = "with iIoU" if instances else "IoU only"
+            job = CityscapesJob(samples, preds, "labelIds", instances=instances)
+            t_off, ref = official(preds, gts, instances)
+            t_one, s_one = ours(job, 1, args.repeats)
+            t_par, s_par = ours(job, args.workers, args.repeats)
+            worst = max(check_equal(s_one, ref, instances), check_equal(s_par, ref, instances))
+            rows.append((label, t_off, t_one, t_par, worst, ref["averageScoreClasses"]))
+
+    per = 1e3 / args.pairs
+    print(f"PNG decoding alone (gt + prediction + instanceIds, OpenCV): {decode_ms:.1f} ms per pair")
+    print(f"{'':<10}{'official':>12}{'ours 1 proc':>14}{f'ours {args.workers} proc':>14}"
+          f"{'ratio 1 proc':>14}{f'ratio {args.workers} proc':>14}{'max |diff|':>12}")
+    for label, t_off, t_one, t_par, worst, miou in rows:
+        print(f"{label:<10}{t_off * per:>9.1f} ms{t_one * per:>11.1f} ms{t_par * per:>11.1f} ms"
+              f"{t_off / t_one:>13.1f}x{t_off / t_par:>13.1f}x{worst:>12.1e}")
+    print(f"(ms per 1024x2048 pair; mIoU {100 * rows[0][5]:.2f} by both; ours is the median of {args.repeats} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

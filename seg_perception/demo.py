@@ -1,0 +1,310 @@
+"""`seg-perception demo` (`make demo`): the whole package in one command, no GPU, no ROS install, no torch.
+
+1. render a synthetic drive (camera 1.5 m above a street) into a rosbag2 with CameraInfo and ground truth;
+2. start `seg_node` on the embedded default model with ONNX Runtime;
+3. replay the bag into it over real ROS 2 topics (`seg-perception replay`);
+4. receive masks, overlays and the fused costmap here, score the masks against the ground truth;
+5. stop the node (it writes its stage trace), print mIoU and per-stage latency, write everything to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from seg_perception.core.trace import END_TO_END, STAGES, TRANSPORT, StageSummary
+from seg_perception.deploy.export import parse_hw
+
+IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/camera_info", "/camera/semantic_gt"
+MASK_TOPIC, OVERLAY_TOPIC, COSTMAP_TOPIC = "/semantic_mask", "/semantic_mask/overlay", "/semantic_costmap"
+PACKAGE = "seg_perception"
+
+
+@dataclass
+class DemoConfig:
+    out: str = "demo_out"
+    frames: int = 60
+    size: tuple[int, int] = (384, 768)  # camera resolution; the node resizes to the model's input
+    rate: float = 5.0  # Hz, slow enough for a 2-core laptop to segment every frame
+    model: str = ""  # '' = the embedded default model
+    threads: int = 0
+    seed: int = 0
+    overlays: int = 4
+    startup_timeout: float = 90.0
+
+
+@dataclass
+class Received:
+    """What the demo's subscriber collected, by header stamp (ns)."""
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    overlays: dict[int, np.ndarray] = field(default_factory=dict)
+    costmap: np.ndarray | None = None  # int8 [rows=y, cols=x] cells, the latest fused costmap
+    costmap_resolution: float = 0.0
+
+
+def fastdds_profile() -> Path | None:
+    """config/fastdds_shm.xml of a source checkout or of an installed package (share/seg_perception/config)."""
+    for candidate in (Path(__file__).resolve().parent.parent / "config" / "fastdds_shm.xml",
+                      Path(sys.prefix) / "share" / PACKAGE / "config" / "fastdds_shm.xml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def ros_environment() -> dict[str, str]:
+    """This process's environment made local and private for the demo's DDS traffic; applied to os.environ too,
+    so the demo's own rclpy context joins the same domain."""
+    env = os.environ
+    env.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 200)))
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    profile = fastdds_profile()
+    if profile and "FASTRTPS_DEFAULT_PROFILES_FILE" not in env:
+        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile)
+    env["PYTHONUNBUFFERED"] = "1"
+    return dict(env)
+
+
+def write_drive(cfg: DemoConfig, bag: Path) -> Path:
+    from seg_perception.data.synthetic import Camera, render_drive
+    from seg_perception.eval.bag_io import write_drive_bag
+
+    if bag.exists():
+        import shutil
+        shutil.rmtree(bag)
+    h, w = cfg.size
+    frames = render_drive(np.random.default_rng(cfg.seed), cfg.frames, h, w)
+    return write_drive_bag(bag, frames, image_topic=IMAGE_TOPIC, gt_topic=GT_TOPIC, camera_info_topic=INFO_TOPIC,
+                           camera_info=Camera.for_image(h, w).pinhole(), rate_hz=cfg.rate)
+
+
+def node_command(cfg: DemoConfig, trace_file: Path) -> list[str]:
+    from seg_perception.data.synthetic import CAMERA_HEIGHT_M
+    params = {"backend": "onnxruntime", "input_qos": "reliable", "camera_info_topic": INFO_TOPIC,
+              "camera_height": CAMERA_HEIGHT_M, "camera_pitch": 0.0, "trace_file": str(trace_file)}
+    if cfg.model:
+        params["model"] = cfg.model
+    if cfg.threads:
+        params["threads"] = cfg.threads
+    args = [sys.executable, "-m", "seg_perception.ros.node", "--ros-args"]
+    for key, value in params.items():
+        args += ["-p", f"{key}:={value}"]
+    return args
+
+
+def _image_array(msg, channels: int) -> np.ndarray:
+    rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * channels]
+    return rows if channels == 1 else rows.reshape(msg.height, msg.width, channels)
+
+
+class Collector:
+    """An rclpy node subscribed to seg_node's outputs, storing copies keyed by header stamp."""
+
+    def __init__(self, keep_overlays: bool = True) -> None:
+        from nav_msgs.msg import OccupancyGrid
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        self.received = Received()
+        self.node = Node("seg_demo")
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.mask_sub = self.node.create_subscription(Image, MASK_TOPIC, self._on_mask, qos)
+        if keep_overlays:
+            self.node.create_subscription(Image, OVERLAY_TOPIC, self._on_overlay, qos)
+        self.node.create_subscription(OccupancyGrid, COSTMAP_TOPIC, self._on_costmap, qos)
+
+    @staticmethod
+    def _stamp(msg) -> int:
+        return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+    def _on_mask(self, msg) -> None:
+        self.received.masks[self._stamp(msg)] = _image_array(msg, 1).copy()
+
+    def _on_overlay(self, msg) -> None:
+        self.received.overlays[self._stamp(msg)] = _image_array(msg, 3).copy()
+
+    def _on_costmap(self, msg) -> None:
+        self.received.costmap = np.frombuffer(msg.data, np.int8).reshape(msg.info.height, msg.info.width).copy()
+        self.received.costmap_resolution = msg.info.resolution
+
+    def node_ready(self) -> bool:
+        return self.mask_sub.get_publisher_count() > 0
+
+
+def costmap_picture(cells: np.ndarray, scale: int = 4) -> np.ndarray:
+    """BGR picture of an occupancy grid (x forward -> up, y left -> left): free green, lethal red, unknown grey."""
+    view = cells.T[::-1, ::-1]  # rows = x descending, cols = y descending
+    cost = np.clip(view.astype(np.float32), 0, 100) / 100.0
+    bgr = np.stack([np.full_like(cost, 40), 200 * (1 - cost) + 30, 220 * cost + 30], -1).astype(np.uint8)
+    bgr[view < 0] = (128, 128, 128)
+    return cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+
+
+def durations_from_chrome_trace(path: Path) -> np.ndarray:
+    """A seg_node trace JSON back to [frames, stages + end_to_end] ms (Tracer.durations_ms' layout), without
+    transport: a replayed bag's header stamps are its recording times, so 'now - stamp' is no transport time.
+    End to end is then arrival in the node to the last publish."""
+    events = json.loads(path.read_text())["traceEvents"]
+    column = {name: i for i, name in enumerate(STAGES) if i != TRANSPORT}
+    spans: dict[int, list[tuple[int, float, float]]] = {}  # frame -> (stage, start us, duration us)
+    for e in events:
+        if e.get("ph") == "X" and e["name"] in column:
+            spans.setdefault(e["args"]["frame"], []).append((column[e["name"]], e["ts"], e["dur"]))
+    out = np.full((len(spans), len(STAGES) + 1), np.nan)
+    for row, frame in zip(out, sorted(spans)):
+        for stage, ts, dur in spans[frame]:
+            row[stage] = dur / 1e3
+        row[-1] = (max(ts + dur for _, ts, dur in spans[frame]) - min(ts for _, ts, _ in spans[frame])) / 1e3
+    return out
+
+
+def stage_summaries(latency: dict[str, dict[str, float]]) -> dict[str, StageSummary]:
+    """eval.report.latency_percentiles output as the StageSummary rows format_table prints."""
+    order = [n for n in STAGES + (END_TO_END,) if n in latency]
+    return {n: StageSummary(latency[n]["count"], latency[n]["mean"], latency[n]["p50"], latency[n]["p90"],
+                            latency[n]["p99"], latency[n]["max"]) for n in order}
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 20.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # seg_node writes its trace file on a clean shutdown
+        try:
+            return proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run the demo; returns the report dict (also written to <out>/report.json)."""
+    env = ros_environment()
+    import rclpy
+
+    from seg_perception.backends import resolve_model
+    from seg_perception.backends.onnxruntime_backend import read_model_info
+    from seg_perception.core.trace_export import format_table
+    from seg_perception.eval.bag_io import BagReader, mono8_array, stamp_ns
+    from seg_perception.eval.metrics import EvalStats, accumulate
+    from seg_perception.eval.report import build_report, model_identity, write_report
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    bag = write_drive(cfg, out / "drive_bag")
+    print(f"[demo] wrote {cfg.frames} frames {cfg.size[0]}x{cfg.size[1]} at {cfg.rate:g} Hz to {bag} "
+          f"(ROS_DOMAIN_ID {env['ROS_DOMAIN_ID']})", flush=True)
+    model = resolve_model(cfg.model)
+    info = read_model_info(model)
+    trace_file = out / "trace.json"
+    trace_file.unlink(missing_ok=True)
+
+    rclpy.init()
+    collector = Collector(keep_overlays=cfg.overlays > 0)
+    node_log = open(out / "seg_node.log", "w")
+    node = subprocess.Popen(node_command(cfg, trace_file), env=env, stdout=node_log, stderr=subprocess.STDOUT)
+    replay = None
+    try:
+        deadline = time.monotonic() + cfg.startup_timeout
+        while not collector.node_ready():
+            rclpy.spin_once(collector.node, timeout_sec=0.1)
+            if node.poll() is not None:
+                raise RuntimeError(f"seg_node exited with {node.returncode}; see {out / 'seg_node.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"seg_node did not come up in {cfg.startup_timeout:.0f} s; see {out / 'seg_node.log'}")
+        print(f"[demo] seg_node is up ({info.name} {info.input_size[0]}x{info.input_size[1]}, ONNX Runtime); "
+              f"replaying", flush=True)
+        replay = subprocess.Popen([sys.executable, "-m", "seg_perception.cli", "replay", str(bag),
+                                   "--topics", IMAGE_TOPIC, INFO_TOPIC, "--wait-subscribers", "30"],
+                                  env=env, stdout=open(out / "replay.log", "w"), stderr=subprocess.STDOUT)
+        while replay.poll() is None:
+            rclpy.spin_once(collector.node, timeout_sec=0.05)
+        if replay.returncode != 0:
+            raise RuntimeError(f"replay exited with {replay.returncode}; see {out / 'replay.log'}")
+        # the last frames are still in the node: wait until they arrive or stop coming
+        quiet_until = time.monotonic() + 3.0 + 2.0 / cfg.rate
+        while len(collector.received.masks) < cfg.frames and time.monotonic() < quiet_until:
+            seen = len(collector.received.masks)
+            rclpy.spin_once(collector.node, timeout_sec=0.1)
+            if len(collector.received.masks) > seen:
+                quiet_until = time.monotonic() + 3.0
+    finally:
+        if replay is not None and replay.poll() is None:
+            replay.kill()
+        node_rc = _stop(node)
+        node_log.close()
+        collector.node.destroy_node()
+        rclpy.try_shutdown()
+    received = collector.received
+
+    # accuracy: masks against the bag's ground truth, matched by header stamp
+    stats = EvalStats()
+    with BagReader(bag) as reader:
+        for _, _, msg in reader.messages([GT_TOPIC]):
+            mask = received.masks.get(stamp_ns(msg.header))
+            if mask is not None:
+                accumulate(stats, mono8_array(msg), mask, "trainIds", "trainIds")
+    if stats.num_images == 0:
+        raise RuntimeError(f"no masks came back from seg_node; see {out / 'seg_node.log'}")
+
+    durations = durations_from_chrome_trace(trace_file) if trace_file.is_file() else np.empty((0, len(STAGES) + 1))
+    source = {"bag": str(bag), "frames": cfg.frames, "masks_received": len(received.masks),
+              "camera": list(cfg.size), "rate_hz": cfg.rate}
+    report, scored = build_report(stats, durations, source, model_identity(model, info),
+                                  extra={"demo": asdict(cfg), "seg_node_exit": node_rc,
+                                         "wall_s": time.perf_counter() - t_start})
+    write_report(report, scored, out / "report.json")
+    _write_pictures(received, out, cfg.overlays)
+
+    print(f"\nmIoU {100 * scored.miou:.2f} % over {stats.num_images} of {cfg.frames} frames "
+          f"(through seg_node, model {info.name} {info.input_size[0]}x{info.input_size[1]})")
+    for name, iou in scored.per_class_iou.items():
+        print(f"  {name:<14}{'n/a' if iou is None else f'{100 * iou:6.2f}'}")
+    if report["latency_ms"]:
+        print("\n" + format_table(stage_summaries(report["latency_ms"]), title="seg_node stage latency"))
+    print(f"\n[demo] outputs in {out}: report.json, report.md, trace.json, overlay_*.png, costmap.png "
+          f"({time.perf_counter() - t_start:.0f} s)")
+    return report
+
+
+def _write_pictures(received: Received, out: Path, n_overlays: int) -> None:
+    stamps = sorted(received.overlays)
+    for old in out.glob("overlay_*.png"):
+        old.unlink()
+    if stamps and n_overlays:
+        for k in np.unique(np.linspace(0, len(stamps) - 1, n_overlays).round().astype(int)):
+            cv2.imwrite(str(out / f"overlay_{k:03d}.png"), cv2.cvtColor(received.overlays[stamps[k]], cv2.COLOR_RGB2BGR))
+    if received.costmap is not None:
+        cv2.imwrite(str(out / "costmap.png"), costmap_picture(received.costmap))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = DemoConfig()
+    p.add_argument("--out", default=d.out, help="output folder")
+    p.add_argument("--frames", type=int, default=d.frames, help="frames in the synthetic drive")
+    p.add_argument("--size", type=parse_hw, default=d.size, help="camera HxW")
+    p.add_argument("--rate", type=float, default=d.rate, help="camera frame rate (Hz)")
+    p.add_argument("--model", default=d.model, help="ONNX model (default: the embedded default model)")
+    p.add_argument("--threads", type=int, default=d.threads, help="ONNX Runtime threads in seg_node (0: default)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the synthetic drive")
+    p.add_argument("--overlays", type=int, default=d.overlays, help="overlay PNGs to write (0: do not subscribe)")
+
+
+def run(args) -> int:
+    cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__})
+    try:
+        run_demo(cfg)
+    except RuntimeError as exc:
+        print(f"seg-perception demo: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,98 @@
+"""Mamba's selective scan (S6) as an exportable doubling scan, and VMamba's 4-way cross-scan / cross-merge.
+
+The official SS2D calls `selective_scan_cuda_oflex` (a CUDA kernel) and Triton cross-scan kernels. Per channel
+the scan is a first-order linear recurrence h_t = a_t h_{t-1} + b_t, which a Hillis-Steele doubling scan computes
+exactly in ceil(log2 L) steps of Slice/Mul/Add/Concat (ONNX opset 17, no Loop). Every factor a_t = exp(delta_t A)
+lies in (0, 1], so products only shrink and nothing overflows; the closed form exp(cumsum) would overflow on long
+sequences. The scan always runs in fp32: in fp16 the error on a 16k-token sequence was ~1e-2
+(research/models.md §6.6), so keep these layers fp32 in TensorRT.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from seg_perception.models.flops import register_flop_handle
+from seg_perception.models.ops import counting_trace, static_shape
+
+
+def linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t along the last axis with h_{-1} = 0, for all t at once (doubling scan)."""
+    length, shift = static_shape(a)[-1], 1
+    while shift < length:
+        # after this step element t holds the composition of the 2*shift steps ending at t; the first `shift`
+        # elements have no partner and stay (Slice/Concat only: Pad would add INT64 shape ops TensorRT 8.6 rejects)
+        b = torch.cat([b[..., :shift], b[..., shift:] + a[..., shift:] * b[..., :-shift]], dim=-1)
+        if 2 * shift < length:
+            a = torch.cat([a[..., :shift], a[..., shift:] * a[..., :-shift]], dim=-1)
+        shift *= 2
+    return b
+
+
+def _selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus: bool) -> torch.Tensor:
+    batch, channels, length = u.shape
+    groups, n = B.shape[1], A.shape[1]
+    dtype = u.dtype
+    u, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    # channels split into `groups` (scan directions); B_t and C_t are shared by the channels of a group
+    delta_g = delta.view(batch, groups, channels // groups, 1, length)
+    a = torch.exp(delta_g * A.float().view(groups, channels // groups, n, 1))
+    b = (delta_g * u.view(batch, groups, channels // groups, 1, length)) * B.float().unsqueeze(2)
+    h = linear_recurrence(a, b)  # batch, groups, channels/groups, n, length
+    y = (h * C.float().unsqueeze(2)).sum(3).reshape(batch, channels, length)
+    if D is not None:
+        y = y + D.float()[:, None] * u
+    return y.to(dtype)
+
+
+class SelectiveScan(torch.autograd.Function):
+    """One named node for fvcore while counting (`prim::PythonOp.SelectiveScan`); forward only."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
+        return _selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
+                   delta_softplus: bool = True) -> torch.Tensor:
+    """`selective_scan_fn` of mamba_ssm / VMamba with real A, computed in fp32, returned in u's dtype.
+
+    u, delta: (batch, G*d, L); A: (G*d, N); B, C: (batch, G, N, L) shared by the d channels of group g;
+    D, delta_bias: (G*d,). With delta' = softplus(delta + delta_bias), per channel and state n:
+    h_t = exp(delta'_t A) h_{t-1} + delta'_t B_t u_t,  y_t = sum_n C_t h_t + D u_t.
+    """
+    if counting_trace():
+        return SelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return _selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """(batch, C, H, W) -> (batch, 4, C, H*W): row-major, column-major, and both reversed (CrossScanTriton)."""
+    rows, cols = x.flatten(2), x.transpose(2, 3).flatten(2)
+    return torch.stack([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)
+
+
+def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(batch, 4, C, H*W) in the four scan orders -> (batch, C, H*W) row-major sum (CrossMergeTriton)."""
+    rows = ys[:, 0] + ys[:, 2].flip(-1)
+    cols = ys[:, 1] + ys[:, 3].flip(-1)
+    return rows + cols.reshape(*cols.shape[:2], w, h).transpose(2, 3).flatten(2)
+
+
+def selective_scan_flops(inputs, outputs) -> float:
+    """VMamba's fvcore rule: 9*B*L*D*N for the recurrence plus B*D*L for the D skip."""
+    from fvcore.nn.jit_handles import get_shape
+
+    batch, channels, length = get_shape(inputs[0])
+    n = get_shape(inputs[2])[1]
+    return 9 * batch * length * channels * n + batch * channels * length
+
+
+register_flop_handle("prim::PythonOp.SelectiveScan", selective_scan_flops)
+register_flop_handle("aten::flip", None)  # data movement: 0 by the convention

@@ -1,0 +1,163 @@
+"""`seg-perception eval bag`: sqlite3 and mcap, Image and CompressedImage, ground truth from a topic or a folder,
+--write-bag and --trace; all with the tiny_onnx model through the node's pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
+from seg_perception.cli import main
+from seg_perception.core.pipeline import SegPipeline
+from seg_perception.eval.bag_io import BagReader, PinholeCamera, mono8_array, stamp_ns, write_drive_bag
+
+H, W = 72, 144  # camera size, not the model's 64x128
+START_NS, RATE = 1_700_000_000_000_000_000, 10.0
+
+
+def _frames(n: int = 4, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        rgb = cv2.GaussianBlur(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), (7, 7), 0)
+        gt = cv2.resize(rng.choice([0, 1, 2, 8, 10, 13, 255], size=(H // 8, W // 8)).astype(np.uint8), (W, H),
+                        interpolation=cv2.INTER_NEAREST)
+        out.append((rgb, gt))
+    return out
+
+
+def _predictions(model: Path, frames) -> list[np.ndarray]:
+    with OnnxRuntimeBackend(str(model), threads=1) as backend:
+        pipeline = SegPipeline(backend, "camera")
+        return [pipeline.process(rgb).mask.copy() for rgb, _ in frames]
+
+
+def _confusion(gts, preds) -> np.ndarray:
+    m = np.zeros((19, 19), np.int64)
+    for gt, pred in zip(gts, preds):
+        valid = gt < 19
+        np.add.at(m, (gt[valid], pred[valid]), 1)
+    return m
+
+
+def _eval(bag: Path, out: Path, *extra: str) -> int:
+    return main(["eval", "bag", str(bag), "--out", str(out), "--threads", "1", "--quiet", *extra])
+
+
+@pytest.mark.parametrize("storage, compressed", [("sqlite3", False), ("mcap", True)])
+def test_bag_scores_equal_node_pipeline(storage, compressed, tiny_onnx, tmp_path):
+    frames = _frames()
+    bag = write_drive_bag(tmp_path / "drive", frames, storage=storage, compressed=compressed,
+                          compressed_format="png")
+    topic = "/camera/image_raw/compressed" if compressed else "/camera/image_raw"
+    out = tmp_path / "report.json"
+    assert _eval(bag, out, "--image-topic", topic, "--gt-topic", "/camera/semantic_gt", "--model",
+                 str(tiny_onnx)) == 0
+    report = json.loads(out.read_text())
+    preds = _predictions(tiny_onnx, frames)  # png is lossless: the same pixels reach the model
+    assert np.array_equal(np.asarray(report["confusion_matrix"]), _confusion([g for _, g in frames], preds))
+    assert report["num_images"] == 4 and report["source"]["unmatched_frames"] == 0
+    assert report["iiou"] is None  # no instance ids in a bag
+    lat = report["latency_ms"]
+    assert lat["decode"]["count"] == 4 and lat["inference"]["count"] == 4 and lat["end_to_end"]["p99"] > 0
+
+
+def test_ground_truth_equal_to_prediction_scores_one(tiny_onnx, tmp_path):
+    frames = _frames(3, seed=1)
+    preds = _predictions(tiny_onnx, frames)
+    bag = write_drive_bag(tmp_path / "b", [(rgb, p) for (rgb, _), p in zip(frames, preds)], storage="mcap")
+    out = tmp_path / "r.json"
+    assert _eval(bag, out, "--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_gt", "--model",
+                 str(tiny_onnx)) == 0
+    report = json.loads(out.read_text())
+    assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0
+
+
+def test_gt_dir_matches_by_stamp_and_counts_unmatched(tiny_onnx, tmp_path):
+    frames = _frames()
+    bag = write_drive_bag(tmp_path / "b", [(rgb, None) for rgb, _ in frames], compressed=True)  # jpeg
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    period = int(1e9 / RATE)
+    for i, (_, gt) in enumerate(frames[:3]):  # the last frame has no ground truth
+        cv2.imwrite(str(gt_dir / f"{START_NS + i * period + 300_000}.png"), gt)  # 0.3 ms off: within tolerance
+    out = tmp_path / "r.json"
+    assert _eval(bag, out, "--image-topic", "/camera/image_raw/compressed", "--gt-dir", str(gt_dir), "--model",
+                 str(tiny_onnx)) == 0
+    report = json.loads(out.read_text())
+    assert report["num_images"] == 3 and report["source"]["unmatched_frames"] == 1
+    assert np.asarray(report["confusion_matrix"]).sum() == sum(int((g < 19).sum()) for _, g in frames[:3])
+    assert _eval(bag, out, "--image-topic", "/camera/image_raw/compressed", "--gt-dir", str(gt_dir), "--model",
+                 str(tiny_onnx), "--stamp-tolerance-ms", "0.1") == 2  # nothing within 0.1 ms
+
+
+def test_write_bag_and_trace(tiny_onnx, tmp_path):
+    frames = _frames(3)
+    bag = write_drive_bag(tmp_path / "b", frames, camera_info=PinholeCamera(100.0, 100.0, 71.5, 35.5))
+    params = tmp_path / "seg.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    camera_pitch: 0.3\n    costmap_size_x: 10.0\n"
+                      "    costmap_classes: [road]\n")
+    out, written, trace = tmp_path / "r.json", tmp_path / "pred_bag", tmp_path / "trace.json"
+    assert _eval(bag, out, "--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_gt", "--model",
+                 str(tiny_onnx), "--write-bag", str(written), "--params-file", str(params), "--trace", str(trace)) == 0
+    preds = _predictions(tiny_onnx, frames)
+    with BagReader(written) as reader:
+        assert reader.topics == {
+            "/camera/image_raw": "sensor_msgs/msg/Image", "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
+            "/semantic_mask": "sensor_msgs/msg/Image", "/semantic_mask/color": "sensor_msgs/msg/Image",
+            "/semantic_costmap": "nav_msgs/msg/OccupancyGrid", "/semantic_costmap/road": "nav_msgs/msg/OccupancyGrid"}
+        masks = [(stamp_ns(m.header), mono8_array(m)) for _, _, m in reader.messages(["/semantic_mask"])]
+        grids = [m for _, _, m in reader.messages(["/semantic_costmap"])]
+    assert [s for s, _ in masks] == [START_NS + i * int(1e9 / RATE) for i in range(3)]
+    for (_, mask), pred in zip(masks, preds):
+        assert np.array_equal(mask, pred)
+    assert len(grids) == 3 and grids[0].info.width == 100 and grids[0].info.height == 200
+    assert (grids[0].data >= 0).any() and (grids[0].data == -1).any()  # ground seen ahead, unknown elsewhere
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert sum(e.get("name") == "inference" for e in events) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image-topic", "/nope", "--gt-topic", "/camera/semantic_gt"], "has no topic '/nope'"),
+    (["--image-topic", "/camera/image_raw", "--gt-topic", "/camera/camera_info"], "is sensor_msgs/msg/CameraInfo"),
+    (["--image-topic", "/camera/image_raw", "--gt-dir", "/nonexistent"], "ground-truth folder"),
+])
+def test_bad_bag_input(args, message, tiny_onnx, tmp_path, capsys):
+    bag = write_drive_bag(tmp_path / "b", _frames(1))
+    out = tmp_path / "r.json"
+    assert _eval(bag, out, "--model", str(tiny_onnx), *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and not out.exists()
+    assert _eval(tmp_path / "missing", out, "--image-topic", "/x", "--gt-topic", "/y") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_gt_size_mismatch_is_an_error(tiny_onnx, tmp_path, capsys):
+    rgb, gt = _frames(1)[0]
+    bag = write_drive_bag(tmp_path / "b", [(rgb, gt)])
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    cv2.imwrite(str(gt_dir / f"{START_NS}.png"), gt[:, :-4])
+    assert _eval(bag, tmp_path / "r.json", "--image-topic", "/camera/image_raw", "--gt-dir", str(gt_dir),
+                 "--model", str(tiny_onnx)) == 2
+    assert "is 140x72 but the image is 144x72" in capsys.readouterr().err
+
+
+def test_write_drive_bag_round_trip(tmp_path):
+    frames = _frames(2)
+    bag = write_drive_bag(tmp_path / "b", frames, storage="mcap", rate_hz=20.0)
+    with BagReader(bag) as reader:
+        assert reader.count("/camera/image_raw") == 2 and reader.count("/camera/camera_info") == 2
+        images = [m for _, _, m in reader.messages(["/camera/image_raw"])]
+        gts = [mono8_array(m) for _, _, m in reader.messages(["/camera/semantic_gt"])]
+        info = reader.first("/camera/camera_info")
+    assert images[0].encoding == "rgb8" and stamp_ns(images[1].header) - stamp_ns(images[0].header) == 50_000_000
+    assert np.array_equal(np.frombuffer(images[1].data, np.uint8).reshape(H, W, 3), frames[1][0])
+    assert all(np.array_equal(g, f[1]) for g, f in zip(gts, frames))
+    assert info.width == W and info.k[0] == pytest.approx(0.5 * W / np.tan(np.radians(30)))
+    with pytest.raises(Exception, match="already exists"):
+        write_drive_bag(bag, frames)
