@@ -36,7 +36,7 @@ class DemoConfig:
     out: str = "demo_out"
     frames: int = 60
     size: tuple[int, int] = (384, 768)  # camera resolution; the node resizes to the model's input
-    rate: float = 5.0  # Hz, slow enough for a 2-core laptop to segment every frame
+    rate: float = 3.0  # Hz, slow enough for a 2-core laptop to segment every frame
     model: str = ""  # '' = the embedded default model
     threads: int = 0
     seed: int = 0
@@ -221,7 +221,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             if node.poll() is not None:
                 raise RuntimeError(f"seg_node exited with {node.returncode}; see {out / 'seg_node.log'}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"seg_node did not come up in {cfg.startup_timeout:.0f} s; see {out / 'seg_node.log'}")
+                raise RuntimeError(f"seg_node did not come up in {cfg.startup_timeout:.0f} s; "
+                                   f"see {out / 'seg_node.log'}")
         print(f"[demo] seg_node is up ({info.name} {info.input_size[0]}x{info.input_size[1]}, ONNX Runtime); "
               f"replaying", flush=True)
         replay = subprocess.Popen([sys.executable, "-m", "seg_perception.cli", "replay", str(bag),
@@ -283,7 +284,8 @@ def _write_pictures(received: Received, out: Path, n_overlays: int) -> None:
         old.unlink()
     if stamps and n_overlays:
         for k in np.unique(np.linspace(0, len(stamps) - 1, n_overlays).round().astype(int)):
-            cv2.imwrite(str(out / f"overlay_{k:03d}.png"), cv2.cvtColor(received.overlays[stamps[k]], cv2.COLOR_RGB2BGR))
+            bgr = cv2.cvtColor(received.overlays[stamps[k]], cv2.COLOR_RGB2BGR)
+            cv2.imwrite(str(out / f"overlay_{k:03d}.png"), bgr)
     if received.costmap is not None:
         cv2.imwrite(str(out / "costmap.png"), costmap_picture(received.costmap))
 

@@ -50,11 +50,10 @@ def test_augment_keeps_image_and_labels_aligned():
 def test_train_ids_from_label_ids_when_no_train_id_png(data, tmp_path):
     sample = find_samples(data, "val")[0]
     direct = train_ids_of(sample)
-    copy = tmp_path / "gtFine" / "val" / sample.gt.parent.name
-    copy.mkdir(parents=True)
-    (copy / sample.gt.name).write_bytes(sample.gt.read_bytes())
-    (tmp_path / "leftImg8bit" / "val" / sample.gt.parent.name).mkdir(parents=True)
-    (tmp_path / "leftImg8bit" / "val" / sample.gt.parent.name / sample.image.name).write_bytes(sample.image.read_bytes())
+    for src, kind in ((sample.gt, "gtFine"), (sample.image, "leftImg8bit")):  # no labelTrainIds PNG in the copy
+        dst = tmp_path / kind / "val" / sample.gt.parent.name / src.name
+        dst.parent.mkdir(parents=True)
+        dst.write_bytes(src.read_bytes())
     mapped = train_ids_of(find_samples(tmp_path, "val")[0])  # labelIds -> cityscapesscripts' train ids
     np.testing.assert_array_equal(mapped, direct)
     assert IGNORE_ID in mapped and mapped.max() == IGNORE_ID and (mapped < 19).any()

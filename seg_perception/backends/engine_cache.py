@@ -184,7 +184,7 @@ def ensure_engine(onnx: str | Path, wanted: EngineKey, build: Callable[[Path], S
         log.warning("building TensorRT engine %s from %s (this can take minutes)", engine, onnx)
     sidecar = build(engine)
     if sidecar.key != wanted:
-        raise EngineCacheError(f"the engine just built does not match what was asked: "
+        raise EngineCacheError("the engine just built does not match what was asked: "
                                + "; ".join(wanted.differences(sidecar.key)))
     return engine, sidecar
 

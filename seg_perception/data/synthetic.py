@@ -220,7 +220,8 @@ def _two_wheeler(rng: np.random.Generator, motor: bool, ridden: bool) -> list[Pa
     gap = 0.65 if motor else 0.55
     if motor:
         parts = [Part("tyre", label, _ellipse(-gap, r, r, r)), Part("tyre", label, _ellipse(gap, r, r, r)),
-                 Part(material, label, np.float32([[-gap, r + 0.1], [gap, r + 0.1], [gap * 0.8, 1.0], [-gap * 0.5, 0.95]])),
+                 Part(material, label,
+                      np.float32([[-gap, r + 0.1], [gap, r + 0.1], [gap * 0.8, 1.0], [-gap * 0.5, 0.95]])),
                  Part("chrome", label, _ellipse(0.0, r + 0.05, 0.2, 0.12))]
     else:
         wheel = 0.09  # thick tyres and frame: thin lines vanish at model resolution
@@ -232,36 +233,40 @@ def _two_wheeler(rng: np.random.Generator, motor: bool, ridden: bool) -> list[Pa
         seat = 0.85 if motor else 0.9
         parts += [Part("jacket", RIDER, _rect(-0.24, 0.22, seat, seat + 0.65)),
                   Part("trousers", RIDER, np.float32([[-0.2, seat], [0.15, seat], [0.25, r], [0.05, r]])),
-                  Part("helmet" if motor or rng.random() < 0.5 else "skin", RIDER, _ellipse(0.0, seat + 0.78, 0.13, 0.14))]
+                  Part("helmet" if motor or rng.random() < 0.5 else "skin", RIDER,
+                       _ellipse(0.0, seat + 0.78, 0.13, 0.14))]
     return parts
+
+
+def _mirrored(material: str, label: int, half_w: float, inset: float, width: float, y0: float,
+              y1: float) -> list[Part]:
+    """A left/right pair of rectangles on a vehicle's back (tyres, tail lights)."""
+    return [Part(material, label, _rect(-half_w + inset, -half_w + inset + width, y0, y1)),
+            Part(material, label, _rect(half_w - inset - width, half_w - inset, y0, y1))]
 
 
 def _car(rng: np.random.Generator) -> list[Part]:
     w = rng.uniform(1.7, 1.95) / 2
     h = rng.uniform(1.35, 1.6)
     paint = "car_blue" if rng.random() < 0.6 else "car_navy"
-    return [Part("tyre", CAR, _rect(-w + 0.05, -w + 0.3, 0.0, 0.35)), Part("tyre", CAR, _rect(w - 0.3, w - 0.05, 0.0, 0.35)),
-            Part(paint, CAR, _rect(-w, w, 0.2, 0.55 * h)),
-            Part(paint, CAR, np.float32([[-w, 0.55 * h], [w, 0.55 * h], [0.8 * w, h], [-0.8 * w, h]])),
-            Part("glass", CAR, np.float32([[-0.85 * w, 0.6 * h], [0.85 * w, 0.6 * h], [0.7 * w, 0.93 * h], [-0.7 * w, 0.93 * h]])),
-            Part("tail_light", CAR, _rect(-w + 0.05, -w + 0.3, 0.4 * h, 0.5 * h)),
-            Part("tail_light", CAR, _rect(w - 0.3, w - 0.05, 0.4 * h, 0.5 * h))]
+    cabin = np.float32([[-w, 0.55], [w, 0.55], [0.8 * w, 1.0], [-0.8 * w, 1.0]]) * np.float32([1, h])
+    window = np.float32([[-0.85 * w, 0.6], [0.85 * w, 0.6], [0.7 * w, 0.93], [-0.7 * w, 0.93]]) * np.float32([1, h])
+    return (_mirrored("tyre", CAR, w, 0.05, 0.25, 0.0, 0.35)
+            + [Part(paint, CAR, _rect(-w, w, 0.2, 0.55 * h)), Part(paint, CAR, cabin), Part("glass", CAR, window)]
+            + _mirrored("tail_light", CAR, w, 0.05, 0.25, 0.4 * h, 0.5 * h))
 
 
 def _truck(rng: np.random.Generator) -> list[Part]:
     w, h = 1.25, rng.uniform(3.0, 3.8)
-    return [Part("tyre", TRUCK, _rect(-w + 0.1, -w + 0.5, 0.0, 0.6)), Part("tyre", TRUCK, _rect(w - 0.5, w - 0.1, 0.0, 0.6)),
-            Part("truck", TRUCK, _rect(-w, w, 0.45, h)),
-            Part("chrome", TRUCK, _rect(-w, w, 0.45, 0.6))]
+    return _mirrored("tyre", TRUCK, w, 0.1, 0.4, 0.0, 0.6) + [Part("truck", TRUCK, _rect(-w, w, 0.45, h)),
+                                                              Part("chrome", TRUCK, _rect(-w, w, 0.45, 0.6))]
 
 
 def _bus(rng: np.random.Generator) -> list[Part]:
     w, h = 1.27, rng.uniform(3.0, 3.3)
-    return [Part("tyre", BUS, _rect(-w + 0.1, -w + 0.5, 0.0, 0.5)), Part("tyre", BUS, _rect(w - 0.5, w - 0.1, 0.0, 0.5)),
-            Part("bus", BUS, _rect(-w, w, 0.3, h)),
-            Part("glass", BUS, _rect(-w + 0.15, w - 0.15, 0.55 * h, 0.9 * h)),
-            Part("tail_light", BUS, _rect(-w + 0.1, -w + 0.3, 0.35 * h, 0.45 * h)),
-            Part("tail_light", BUS, _rect(w - 0.3, w - 0.1, 0.35 * h, 0.45 * h))]
+    return (_mirrored("tyre", BUS, w, 0.1, 0.4, 0.0, 0.5)
+            + [Part("bus", BUS, _rect(-w, w, 0.3, h)), Part("glass", BUS, _rect(-w + 0.15, w - 0.15, 0.55 * h, 0.9 * h))]
+            + _mirrored("tail_light", BUS, w, 0.1, 0.2, 0.35 * h, 0.45 * h))
 
 
 def _train() -> list[Part]:
@@ -508,8 +513,8 @@ def _draw_ego(seg: _SegmentMap, cam: Camera, hood_fraction: float) -> None:
     hood = np.concatenate([np.stack([u, top], -1), np.float32([[w - 1, h - 1], [0, h - 1]])])
     seg.fill(hood, seg.segment(EGO_VEHICLE, "hood"))
     border = max(1, w // 128)
-    for rect in (_rect(0, border - 1, 0, h - 1), _rect(w - border, w - 1, 0, h - 1), _rect(0, w - 1, h - border, h - 1)):
-        seg.fill(rect, seg.segment(OUT_OF_ROI, "border"))
+    frame = (_rect(0, border - 1, 0, h - 1), _rect(w - border, w - 1, 0, h - 1), _rect(0, w - 1, h - border, h - 1))
+    seg.fill(np.stack(frame), seg.segment(OUT_OF_ROI, "border"))
 
 
 def _compose(seg: _SegmentMap, cam: Camera, rng: np.random.Generator) -> SyntheticFrame:
@@ -524,7 +529,21 @@ def _compose(seg: _SegmentMap, cam: Camera, rng: np.random.Generator) -> Synthet
     lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain[None, :], 0, 255).astype(np.uint8)
     rgb = cv2.LUT(rgb, lut.reshape(256, 1, 3))
     return SyntheticFrame(rgb=rgb, label_ids=label_ids, train_ids=LABEL_TO_TRAIN[label_ids],
-                          instance_ids=np.asarray(seg.instance, np.int32)[seg.ids])
+                          instance_ids=_visible_instances(seg)[seg.ids])
+
+
+def _visible_instances(seg: _SegmentMap) -> np.ndarray:
+    """Instance id of every segment, renumbered 0..k-1 per label over the instances left visible, as in Cityscapes."""
+    instance = np.asarray(seg.instance, np.int32)
+    visible = np.bincount(seg.ids.ravel(), minlength=len(instance)) > 0
+    renumbered: dict[int, int] = {}
+    for i in np.flatnonzero(visible & (instance >= 1000)):
+        old = int(instance[i])
+        if old not in renumbered:
+            label = old // 1000
+            renumbered[old] = label * 1000 + sum(1 for v in renumbered.values() if v // 1000 == label)
+        instance[i] = renumbered[old]
+    return instance
 
 
 def _render(street: Street, cam: Camera, camera_z: float, frame: int, hood: float,

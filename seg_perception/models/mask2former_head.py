@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_perception.models.ops.ms_deform_attn import MSDeformAttn, graph_constant, static_hw
+from seg_perception.models.ops import static_hw, table_constant
+from seg_perception.models.ops.ms_deform_attn import MSDeformAttn
 from seg_perception.models.resnet import ConvNorm
 
 CROSS_ATTENTION_KINDS = ("masked", "emca")
@@ -51,7 +52,7 @@ def _sine_position_table(h: int, w: int, num_feats: int, temperature: float = 10
 
 def sine_position_embedding(x: torch.Tensor, num_feats: int) -> torch.Tensor:
     """1 x 2*num_feats x H x W for feature map x; a constant in the exported graph."""
-    return graph_constant(_sine_position_table(*static_hw(x), num_feats), x)[None]
+    return table_constant(_sine_position_table(*static_hw(x), num_feats), x.device, x.dtype)[None]
 
 
 @lru_cache(maxsize=32)
@@ -108,7 +109,8 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         pos = torch.cat([(p + self.level_embed[i].view(1, -1, 1, 1)).flatten(2).transpose(1, 2)
                          for i, p in enumerate(pos)], 1)
-        ref = graph_constant(_reference_table(shapes), src)[None, :, None, :].expand(1, -1, len(shapes), 2)
+        ref = table_constant(_reference_table(shapes), src.device, src.dtype)
+        ref = ref[None, :, None, :].expand(1, -1, len(shapes), 2)
         for layer in self.encoder.layers:
             src = layer(src, pos, ref, shapes)
         return src

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seg_perception.models.layers import ConvModule, DropPath
-from seg_perception.models.ops.ms_deform_attn import static_hw
+from seg_perception.models.ops import static_hw
 
 
 def pooled_window(h: int, w: int, ratio: int) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from seg_perception.models.layers import ConvModule, DropPath
 from seg_perception.models.metaseg_head import StripAttention
-from seg_perception.models.ops.ms_deform_attn import static_hw
+from seg_perception.models.ops import static_hw
 
 KEY_STRIDE = 64
 

@@ -61,15 +61,20 @@ class RoPE(nn.Module):
     def forward(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sin, cos), each H x W x d."""
         # positions as table constants: a traced arange/expand exports INT64 ConstantOfShape (TensorRT 8.6 rejects)
-        rows, cols = (table_constant(grid[..., None].astype(np.float32), self.angle.device)
-                      for grid in np.meshgrid(np.arange(h), np.arange(w), indexing="ij"))
+        rows, cols = (table_constant(grid, self.angle.device) for grid in position_grids(h, w))
         angles = torch.cat([rows * self.angle, cols * self.angle], dim=-1)
         return angles.sin(), angles.cos()
 
 
+@functools.lru_cache(maxsize=64)
+def position_grids(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column index of every position, each H x W x 1 float32."""
+    return tuple(grid[..., None].astype(np.float32) for grid in np.meshgrid(np.arange(h), np.arange(w), indexing="ij"))
+
+
 def rotate(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     """x * cos + rot(x) * sin with rot(x)_{2i} = -x_{2i+1}, rot(x)_{2i+1} = x_{2i}."""
-    pairs = x.reshape(*x.shape[:-1], -1, 2)
+    pairs = x.reshape(*static_shape(x)[:-1], -1, 2)
     rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
     return x * cos + rotated * sin
 

@@ -53,8 +53,7 @@ class SegNode(Node):
     def __init__(self, **node_kwargs) -> None:
         super().__init__("seg_node", **node_kwargs)
         p = self.params = declare(self)
-        options = {"threads": p.threads} if p.threads else {}
-        self.backend = open_backend(p.model, p.backend, **options)
+        self.backend = open_backend(p.model, p.backend, **p.backend_options())
         info = self.backend.info
         costs = p.costs()
         for param, names in (("cost_table", list(costs)), ("costmap_classes", p.costmap_classes)):

@@ -39,6 +39,11 @@ PARAMETERS: dict[str, Spec] = {
     "model": Spec("", "ONNX file, TensorRT engine (.engine/.plan) or zoo name; empty = the embedded default model"),
     "backend": Spec("auto", "inference backend", choices=BACKENDS),
     "threads": Spec(0, "CPU inference threads (0 = the backend's default)", range=(0, 256)),
+    "trt_precision": Spec("fp16", "TensorRT engine precision when building from an ONNX file",
+                          choices=("fp32", "fp16", "int8")),
+    "engine_rebuild": Spec(True, "rebuild a cached TensorRT engine whose sidecar does not match this machine "
+                                 "(false = stop with a message naming what differs)"),
+    "engine_cache_dir": Spec("", "where engines built from ONNX files are cached (empty = beside the ONNX file)"),
     "input_topic": Spec("/camera/image_raw", "camera topic; with input_type compressed, '/compressed' is "
                                              "appended unless the name already ends with it"),
     "input_type": Spec("raw", "raw = sensor_msgs/Image, compressed = sensor_msgs/CompressedImage (jpeg, png)",
@@ -91,6 +96,9 @@ class NodeParams:
     model: str
     backend: str
     threads: int
+    trt_precision: str
+    engine_rebuild: bool
+    engine_cache_dir: str
     input_topic: str
     input_type: str
     input_qos: str
@@ -123,6 +131,14 @@ class NodeParams:
     diagnostics_period: float
     trace_file: str
     trace_window: int
+
+    def backend_options(self) -> dict:
+        """Keyword options for `open_backend`: the engine-build ones only when TensorRT builds from ONNX."""
+        options = {"threads": self.threads} if self.threads else {}
+        if self.backend == "tensorrt" and self.model.endswith(".onnx"):
+            options.update(precision=self.trt_precision, rebuild=self.engine_rebuild,
+                           cache_dir=self.engine_cache_dir or None)
+        return options
 
     @property
     def subscribed_topic(self) -> str:

@@ -29,6 +29,11 @@ def static_shape(x: torch.Tensor) -> tuple[int, ...]:
         return tuple(int(s) for s in x.shape)
 
 
+def static_hw(x: torch.Tensor) -> tuple[int, int]:
+    """Spatial size (last two dims) as Python ints; see `static_shape`."""
+    return static_shape(x)[-2:]
+
+
 # A table constant in a traced graph is an `aten::lift_fresh` node: no arithmetic, 0 by the convention.
 register_flop_handle("aten::lift_fresh", None)
 

@@ -8,26 +8,13 @@ in TensorRT's ONNX matrix from 8.5. Parameter names follow the official `MSDefor
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def static_hw(x: torch.Tensor) -> tuple[int, int]:
-    """Spatial size as Python ints: tables derived from it become constants of a fixed-size exported graph."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return int(x.shape[-2]), int(x.shape[-1])
-
-
-def graph_constant(table: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    """A numpy table as a tensor on `like`'s device/dtype; recorded as a constant when traced for export."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return torch.from_numpy(table).to(like.device, like.dtype)
+from seg_perception.models.ops import table_constant
 
 
 def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: list[tuple[int, int]],
@@ -85,6 +72,7 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(b, lq, h, lv, p, 2)
         weights = self.attention_weights(query).view(b, lq, h, lv * p).softmax(-1).view(b, lq, h, lv, p)
         # offsets are in pixels of each level: divide by (W, H) of that level
-        normalizer = graph_constant(np.array([[ww, hh] for hh, ww in spatial_shapes], np.float32), query)
+        normalizer = table_constant(np.array([[ww, hh] for hh, ww in spatial_shapes], np.float32), query.device,
+                                    query.dtype)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         return self.output_proj(ms_deform_attn_core(value, spatial_shapes, locations, weights))
