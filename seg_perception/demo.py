@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +43,7 @@ class DemoConfig:
     threads: int = 0
     seed: int = 0
     overlays: int = 4
+    streets: int = 4  # the drive passes through this many streets, so that every class shows up
     startup_timeout: float = 90.0
 
 
@@ -79,11 +82,12 @@ def write_drive(cfg: DemoConfig, bag: Path) -> Path:
     from seg_perception.data.synthetic import Camera, render_drive
     from seg_perception.eval.bag_io import write_drive_bag
 
-    if bag.exists():
-        import shutil
+    if bag.exists():  # the previous run's drive
         shutil.rmtree(bag)
     h, w = cfg.size
-    frames = render_drive(np.random.default_rng(cfg.seed), cfg.frames, h, w)
+    rng = np.random.default_rng(cfg.seed)
+    per_street = np.diff(np.linspace(0, cfg.frames, max(1, min(cfg.streets, cfg.frames)) + 1).round().astype(int))
+    frames = itertools.chain.from_iterable(render_drive(rng, int(n), h, w) for n in per_street)
     return write_drive_bag(bag, frames, image_topic=IMAGE_TOPIC, gt_topic=GT_TOPIC, camera_info_topic=INFO_TOPIC,
                            camera_info=Camera.for_image(h, w).pinhole(), rate_hz=cfg.rate)
 
@@ -300,6 +304,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="ONNX Runtime threads in seg_node (0: default)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the synthetic drive")
     p.add_argument("--overlays", type=int, default=d.overlays, help="overlay PNGs to write (0: do not subscribe)")
+    p.add_argument("--streets", type=int, default=d.streets, help="streets the drive passes through")
 
 
 def run(args) -> int:

@@ -265,7 +265,8 @@ def _truck(rng: np.random.Generator) -> list[Part]:
 def _bus(rng: np.random.Generator) -> list[Part]:
     w, h = 1.27, rng.uniform(3.0, 3.3)
     return (_mirrored("tyre", BUS, w, 0.1, 0.4, 0.0, 0.5)
-            + [Part("bus", BUS, _rect(-w, w, 0.3, h)), Part("glass", BUS, _rect(-w + 0.15, w - 0.15, 0.55 * h, 0.9 * h))]
+            + [Part("bus", BUS, _rect(-w, w, 0.3, h)),
+               Part("glass", BUS, _rect(-w + 0.15, w - 0.15, 0.55 * h, 0.9 * h))]
             + _mirrored("tail_light", BUS, w, 0.1, 0.2, 0.35 * h, 0.45 * h))
 
 
