@@ -195,9 +195,10 @@ def evaluate(job: CityscapesJob, workers: int = 1,
         results: Iterator[ImageResult] = map(evaluator, range(n))
         pool = None
     else:
-        # Scoring PNGs forks (cheap, nothing to inherit but numpy); a model gets a fresh interpreter per worker,
-        # so no ONNX Runtime or CUDA state is shared with the process that checked the model.
-        method = "fork" if job.predictions is not None else "spawn"
+        # Never plain fork: a parent with live thread pools (OpenCV, ONNX Runtime, DDS) can hand a child a held
+        # lock. Scoring PNGs uses a fork server (a clean process forks the workers, cheap); a model gets a fresh
+        # interpreter per worker, so no ONNX Runtime or CUDA state is shared with the process that checked it.
+        method = "forkserver" if job.predictions is not None else "spawn"
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                    initializer=_init_worker, initargs=(job,))
         results = pool.map(_run_in_worker, range(n), chunksize=max(1, min(16, n // (4 * workers))))
