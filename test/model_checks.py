@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,3 +36,20 @@ def synthetic_batch(n: int, h: int, w: int, num_classes: int, seed: int = 0) -> 
     palette = torch.randn(num_classes, 3, generator=g)
     images = palette[labels].permute(0, 3, 1, 2).contiguous()
     return images, labels
+
+
+def assert_onnx_matches_torch(model: nn.Module, onnx_path, info, seed: int = 0) -> None:
+    """Run the exported graph (uint8 NHWC in) in ONNX Runtime and `model` in torch on the same random image:
+    logits within 1e-3 relative, labels equal on >= 99.9% of pixels."""
+    import onnxruntime as ort
+
+    image = np.random.default_rng(seed).integers(0, 256, (1, *info.input_size, 3), dtype=np.uint8)
+    labels, _, logits = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
+        None, {"image": image})
+    mean, std = torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1)
+    x = (torch.from_numpy(image).permute(0, 3, 1, 2).float() - mean) / std
+    with torch.no_grad():
+        want = model(x)[0].numpy()
+    np.testing.assert_allclose(logits[0], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    assert labels.dtype == np.uint8 and (labels[0] == want.argmax(0)).mean() > 0.999
+

@@ -36,8 +36,9 @@ def _share_dir(prefix: Path) -> str:
 def test_pip_install_registers_package_with_ament_index(tmp_path):
     src = _tracked_copy(tmp_path / "src")
     prefix = tmp_path / "prefix"
+    # --ignore-installed: without it pip uninstalls the environment's own (editable) copy first.
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--prefix", str(prefix), str(src)], check=True, capture_output=True)
+                    "--ignore-installed", "--prefix", str(prefix), str(src)], check=True, capture_output=True)
     share = Path(_share_dir(prefix))
     assert share == prefix / "share" / "seg_perception"
     assert (share / "package.xml").is_file()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from model_checks import overfit_steps, synthetic_batch  # noqa: E402
+from model_checks import assert_onnx_matches_torch, overfit_steps, synthetic_batch  # noqa: E402
 
 from seg_perception.models.checkpoint import key_fixture, read_fixture  # noqa: E402
 from seg_perception.models.flops import count_flops  # noqa: E402
@@ -83,20 +82,14 @@ def test_gflops_counted_without_unknown_ops():
 
 @pytest.mark.parametrize("name", SCASEG)
 def test_onnx_export_agrees_with_pytorch(name, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     from seg_perception.deploy.export import export_onnx, model_info_for
 
     torch.manual_seed(0)
     model = build_model(name).eval()
     info = model_info_for(name, (64, 128), with_logits=True)
     path = export_onnx(model, info, tmp_path / f"{name}.onnx", with_logits=True)
-    image = np.random.default_rng(1).integers(0, 256, (1, 64, 128, 3), dtype=np.uint8)
-    _, _, logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": image})
-    x = (torch.from_numpy(image).permute(0, 3, 1, 2).float() - torch.tensor(info.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(info.std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        want = model(x)[0].numpy()
-    np.testing.assert_allclose(logits[0], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    assert_onnx_matches_torch(model, path, info, seed=1)
 
 
 def test_scaseg_learns_a_few_synthetic_frames():

@@ -4,13 +4,12 @@ bias resize, small inputs, ONNX export (TensorRT-parsable, agreeing with PyTorch
 from __future__ import annotations
 
 import math
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("fvcore")
 
-from model_checks import overfit_steps, synthetic_batch  # noqa: E402
+from model_checks import assert_onnx_matches_torch, overfit_steps, synthetic_batch  # noqa: E402
 
 from seg_perception.models.checkpoint import key_fixture, load_checkpoint, read_fixture  # noqa: E402
 from seg_perception.models.flops import count_flops, count_params_m  # noqa: E402
@@ -178,7 +177,7 @@ def shallow(name: str):
 
 @pytest.mark.parametrize("name", ["segman-t", "segman-s", "segman-b", "segman-l"])
 def test_onnx_export_is_trt_parsable_and_agrees(name, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     from seg_perception.deploy.export import export_onnx, model_info_for
     from seg_perception.deploy.trt_compat import check_onnx
 
@@ -189,15 +188,7 @@ def test_onnx_export_is_trt_parsable_and_agrees(name, tmp_path):
     for trt in ("8.6", "latest"):
         report = check_onnx(path, trt)
         assert report.ok, report.describe()
-    image = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
-    labels, conf, logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"image": image})
-    x = (torch.from_numpy(image).permute(0, 3, 1, 2).float() - torch.tensor(info.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(info.std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        want = model(x)[0].numpy()
-    np.testing.assert_allclose(logits[0], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
-    assert labels.dtype == np.uint8 and (labels[0] == want.argmax(0)).mean() > 0.999
+    assert_onnx_matches_torch(model, path, info, seed=0)
 
 
 def test_segman_learns_a_few_synthetic_frames():

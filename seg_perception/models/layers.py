@@ -35,3 +35,17 @@ class ConvModule(nn.Sequential):
 def drop_path_rates(rate: float, n: int) -> list[float]:
     """Linearly rising stochastic-depth rates over `n` blocks, 0 -> rate (timm/mmseg rule)."""
     return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
+def init_weights(m: nn.Module) -> None:
+    """The official mmseg-era init (use with `module.apply`): trunc-normal Linear, He-normal by fan-out for convs.
+    Matters only for training from scratch; checkpoints overwrite it."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_perception.models.layers import ConvModule, DropPath
+from seg_perception.models.layers import ConvModule, DropPath, init_weights
 from seg_perception.models.ops import static_hw
 
 
@@ -121,7 +121,7 @@ class MetaSegHead(nn.Module):
         self.attn2 = GlobalMetaBlock(c2, num_heads[0], pool_ratios[0], mlp_ratio, drop_path)
         self.linear_fuse = ConvModule(c2 + c3 + c4, embed_dim, 1)
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         _, c2, c3, c4 = feats
@@ -130,16 +130,3 @@ class MetaSegHead(nn.Module):
         _c3 = F.interpolate(self.attn3(c3), size=size, mode="bilinear", align_corners=False)
         _c2 = self.attn2(c2)  # already at stride 8 (the official same-size resize is an identity)
         return self.linear_pred(self.dropout(self.linear_fuse(torch.cat([_c4, _c3, _c2], dim=1))))
-
-
-def _init_weights(m: nn.Module) -> None:
-    # Official init: trunc-normal Linear, He-normal (fan-out) convs, unit LayerNorm.
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)

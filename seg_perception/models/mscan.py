@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seg_perception.models.layers import DropPath, drop_path_rates
+from seg_perception.models.layers import DropPath, drop_path_rates, init_weights
 
 
 class StemConv(nn.Module):
@@ -127,7 +127,7 @@ class MSCAN(nn.Module):
                 Block(dim, ratio, rates[cur + j]) for j in range(depth)))
             setattr(self, f"norm{i + 1}", nn.LayerNorm(dim))
             cur += depth
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
@@ -138,16 +138,3 @@ class MSCAN(nn.Module):
             x = getattr(self, f"norm{i}")(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
             outs.append(x)
         return outs
-
-
-def _init_weights(m: nn.Module) -> None:
-    # The official init (He-normal by fan-out for convs): matters only for training from scratch.
-    if isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_perception.models.layers import ConvModule, DropPath
+from seg_perception.models.layers import ConvModule, DropPath, init_weights
 from seg_perception.models.metaseg_head import StripAttention
 from seg_perception.models.ops import static_hw
 
@@ -97,7 +97,7 @@ class SCASegHead(nn.Module):
         self.linear_fuse = ConvModule(embed_dim * self.num_stages, embed_dim, 1)
         self.dropout = nn.Dropout2d(dropout_ratio)
         self.conv_seg = nn.Conv2d(embed_dim, num_classes, 1)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         h1, w1 = static_hw(feats[0])
@@ -114,15 +114,3 @@ class SCASegHead(nn.Module):
         ups = [decoded[1]] + [F.interpolate(decoded[i], size=size, mode="bilinear", align_corners=False)
                               for i in range(2, self.num_stages + 1)]
         return self.conv_seg(self.dropout(self.linear_fuse(torch.cat(ups, dim=1))))
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
