@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -574,6 +575,7 @@ def render_drive(rng: np.random.Generator, n_frames: int, height: int, width: in
 
 # ---- Cityscapes layout ---------------------------------------------------------------------------------
 
+DRIVE_SAMPLES, DRIVE_EVERY = 10, 4  # frames kept per drive, and every how many rendered frames
 CITIES = {"train": ("synthville", "synthburg"), "val": ("synthdorf",), "test": ("synthham",)}
 
 
@@ -585,13 +587,18 @@ def cityscapes_stem(split: str, index: int) -> tuple[str, str]:
 
 
 def write_cityscapes(root: str | Path, split: str, n: int, size: tuple[int, int] = (512, 1024),
-                     seed: int = 0) -> list[Path]:
-    """Write n scenes in the Cityscapes layout under root; returns the written leftImg8bit paths."""
+                     seed: int = 0, drives: int = 0) -> list[Path]:
+    """Write n scenes in the Cityscapes layout under root, then `drives` x DRIVE_SAMPLES frames of drives
+    (what a camera on a moving robot sees: the demo's domain); returns the written leftImg8bit paths."""
     root = Path(root)
     rng = np.random.default_rng(seed)
+    scenes = (render_scene(rng, *size) for _ in range(n))
+    drive_frames = (frame for _ in range(drives)
+                    for i, frame in enumerate(render_drive(rng, DRIVE_SAMPLES * DRIVE_EVERY, *size))
+                    if i % DRIVE_EVERY == 0)
+    frames = itertools.chain(scenes, drive_frames)  # streamed: a dataset never sits in memory
     written = []
-    for i in range(n):
-        frame = render_scene(rng, *size)
+    for i, frame in enumerate(frames):
         city, stem = cityscapes_stem(split, i)
         img_dir, gt_dir = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
         img_dir.mkdir(parents=True, exist_ok=True)
@@ -614,6 +621,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SPLIT or SPLIT:N, repeatable (default: train:200 and val:50)")
     p.add_argument("--size", type=parse_hw, default=(512, 1024), help="HxW of the images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drives", type=int, default=0,
+                   help=f"also write this many drives ({DRIVE_SAMPLES} frames each) into the train split")
     p.add_argument("--bag", help="write a drive as a rosbag2 at this path instead of a dataset")
     p.add_argument("--frames", type=int, default=100, help="frames in the drive (--bag)")
     p.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
@@ -632,6 +641,7 @@ def run(args) -> int:
         return 0
     for k, spec in enumerate(args.split or ["train:200", "val:50"]):
         split, _, n = spec.partition(":")
-        paths = write_cityscapes(args.out, split, int(n or 100), args.size, seed=args.seed + 1000 * k)
+        paths = write_cityscapes(args.out, split, int(n or 100), args.size, seed=args.seed + 1000 * k,
+                                 drives=args.drives if split == "train" else 0)
         print(f"wrote {len(paths)} {split} images under {args.out}")
     return 0
