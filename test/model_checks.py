@@ -38,6 +38,17 @@ def synthetic_batch(n: int, h: int, w: int, num_classes: int, seed: int = 0) -> 
     return images, labels
 
 
+def export_and_compare(model: nn.Module, name: str, size: tuple[int, int], out_dir, seed: int = 0):
+    """Export `model` (registry entry `name`) through the deploy path at `size` with logits, then check it
+    against torch (`assert_onnx_matches_torch`); returns the ONNX path."""
+    from seg_perception.deploy.export import export_onnx, model_info_for
+
+    info = model_info_for(name, size, with_logits=True)
+    path = export_onnx(model, info, out_dir / f"{name}.onnx", with_logits=True)
+    assert_onnx_matches_torch(model, path, info, seed)
+    return path
+
+
 def assert_onnx_matches_torch(model: nn.Module, onnx_path, info, seed: int = 0) -> None:
     """Run the exported graph (uint8 NHWC in) in ONNX Runtime and `model` in torch on the same random image:
     logits within 1e-3 relative, labels equal on >= 99.9% of pixels."""

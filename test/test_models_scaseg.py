@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model_checks import assert_onnx_matches_torch, overfit_steps, synthetic_batch  # noqa: E402
+from model_checks import export_and_compare, overfit_steps, synthetic_batch  # noqa: E402
 
 from seg_perception.models.checkpoint import key_fixture, read_fixture  # noqa: E402
 from seg_perception.models.flops import count_flops  # noqa: E402
@@ -83,13 +83,8 @@ def test_gflops_counted_without_unknown_ops():
 @pytest.mark.parametrize("name", SCASEG)
 def test_onnx_export_agrees_with_pytorch(name, tmp_path):
     pytest.importorskip("onnxruntime")
-    from seg_perception.deploy.export import export_onnx, model_info_for
-
     torch.manual_seed(0)
-    model = build_model(name).eval()
-    info = model_info_for(name, (64, 128), with_logits=True)
-    path = export_onnx(model, info, tmp_path / f"{name}.onnx", with_logits=True)
-    assert_onnx_matches_torch(model, path, info, seed=1)
+    export_and_compare(build_model(name).eval(), name, (64, 128), tmp_path, seed=1)
 
 
 def test_scaseg_learns_a_few_synthetic_frames():

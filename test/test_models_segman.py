@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("fvcore")
 
-from model_checks import assert_onnx_matches_torch, overfit_steps, synthetic_batch  # noqa: E402
+from model_checks import export_and_compare, overfit_steps, synthetic_batch  # noqa: E402
 
 from seg_perception.models.checkpoint import key_fixture, load_checkpoint, read_fixture  # noqa: E402
 from seg_perception.models.flops import count_flops, count_params_m  # noqa: E402
@@ -178,17 +178,13 @@ def shallow(name: str):
 @pytest.mark.parametrize("name", ["segman-t", "segman-s", "segman-b", "segman-l"])
 def test_onnx_export_is_trt_parsable_and_agrees(name, tmp_path):
     pytest.importorskip("onnxruntime")
-    from seg_perception.deploy.export import export_onnx, model_info_for
     from seg_perception.deploy.trt_compat import check_onnx
 
     torch.manual_seed(0)
-    model = shallow(name)
-    info = model_info_for(name, (224, 224), with_logits=True)
-    path = export_onnx(model, info, tmp_path / f"{name}.onnx", with_logits=True)
+    path = export_and_compare(shallow(name), name, (224, 224), tmp_path)
     for trt in ("8.6", "latest"):
         report = check_onnx(path, trt)
         assert report.ok, report.describe()
-    assert_onnx_matches_torch(model, path, info, seed=0)
 
 
 def test_segman_learns_a_few_synthetic_frames():

@@ -230,11 +230,9 @@ class SegNode(Node):
         return k, cam_hw
 
     def _latency_msg(self, header, slot: int, inference_ms: float) -> DiagnosticArray:
-        spans = self.tracer.spans[slot]
-        ran = spans[:, 1] > 0
-        values = {f"{name}_ms": float((spans[i, 1] - spans[i, 0]) / 1e6)
-                  for i, name in enumerate(trace.STAGES) if ran[i]}
-        values["end_to_end_ms"] = float((spans[ran, 1].max() - spans[ran, 0].min()) / 1e6)
+        durations = trace.span_durations_ms(self.tracer.spans[slot:slot + 1])[0]
+        values = {f"{name}_ms": float(ms) for name, ms in zip(trace.STAGES + (trace.END_TO_END,), durations)
+                  if not np.isnan(ms)}
         values["backend_inference_ms"] = float(inference_ms)
         device_ms = self.tracer.device_ms[slot]
         if not np.isnan(device_ms):
