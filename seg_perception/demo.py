@@ -37,8 +37,8 @@ PACKAGE = "seg_perception"
 class DemoConfig:
     out: str = "demo_out"
     frames: int = 60
-    size: tuple[int, int] = (384, 768)  # camera resolution; the node resizes to the model's input
-    rate: float = 3.0  # Hz, slow enough for a 2-core laptop to segment every frame
+    size: tuple[int, int] = (512, 1024)  # camera resolution; the node resizes to the model's input
+    rate: float = 2.0  # Hz, slow enough for a 2-core laptop to segment every frame
     model: str = ""  # '' = the embedded default model
     threads: int = 0
     seed: int = 0
@@ -53,6 +53,7 @@ class Received:
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     overlays: dict[int, np.ndarray] = field(default_factory=dict)
     costmap: np.ndarray | None = None  # int8 [rows=y, cols=x] cells, the latest fused costmap
+    costmap_stamp: int = -1
     costmap_resolution: float = 0.0
 
 
@@ -93,9 +94,10 @@ def write_drive(cfg: DemoConfig, bag: Path) -> Path:
 
 
 def node_command(cfg: DemoConfig, trace_file: Path) -> list[str]:
-    from seg_perception.data.synthetic import CAMERA_HEIGHT_M
+    from seg_perception.data.synthetic import CAMERA_HEIGHT_M, HOOD_FRACTION
     params = {"backend": "onnxruntime", "input_qos": "reliable", "camera_info_topic": INFO_TOPIC,
-              "camera_height": CAMERA_HEIGHT_M, "camera_pitch": 0.0, "trace_file": str(trace_file)}
+              "camera_height": CAMERA_HEIGHT_M, "camera_pitch": 0.0, "costmap_ignore_bottom": HOOD_FRACTION[1],
+              "trace_file": str(trace_file)}
     if cfg.model:
         params["model"] = cfg.model
     if cfg.threads:
@@ -141,6 +143,7 @@ class Collector:
     def _on_costmap(self, msg) -> None:
         self.received.costmap = np.frombuffer(msg.data, np.int8).reshape(msg.info.height, msg.info.width).copy()
         self.received.costmap_resolution = msg.info.resolution
+        self.received.costmap_stamp = self._stamp(msg)
 
     def node_ready(self) -> bool:
         return self.mask_sub.get_publisher_count() > 0
@@ -243,6 +246,10 @@ def run_demo(cfg: DemoConfig) -> dict:
             rclpy.spin_once(collector.node, timeout_sec=0.1)
             if len(collector.received.masks) > seen:
                 quiet_until = time.monotonic() + 3.0
+        # the costmap is the last output of a frame: stopping seg_node before it would cut the frame from the trace
+        last_mask, until = max(collector.received.masks, default=-1), time.monotonic() + 2.0
+        while collector.received.costmap_stamp < last_mask and time.monotonic() < until:
+            rclpy.spin_once(collector.node, timeout_sec=0.05)
     finally:
         if replay is not None and replay.poll() is None:
             replay.kill()

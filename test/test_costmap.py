@@ -129,6 +129,21 @@ def test_max_range_and_no_intrinsics():
     assert (fused[np.hypot(xs, ys) > 6.0 + grid.resolution] == UNKNOWN).all()
 
 
+def test_ignore_bottom_leaves_the_hood_rows_out_of_the_grid():
+    """The bottom quarter of the image (an ego hood, labelled car) must not become a lethal band: the nearest
+    cell seen is then the one the row at 3/4 of the height looks at."""
+    grid = GridSpec(resolution=0.05, size_x=12.0, size_y=8.0, origin_x=0.0, origin_y=-4.0, ignore_bottom=0.25)
+    proj = GroundProjector(grid, CameraPose(height=HEIGHT, pitch=PITCH), CITYSCAPES_CLASSES, {"car": 100}, 0)
+    proj.set_intrinsics(K, (H, W))
+    labels = np.full((H, W), ROAD, np.uint8)
+    labels[3 * H // 4:] = CAR  # the hood
+    row = centre_row(proj.project(labels, (H, W))[FUSED])
+    assert LETHAL not in row
+    seen = np.flatnonzero(row != UNKNOWN)
+    d_cut = HEIGHT / math.tan(PITCH + math.atan((H / 4) / F))  # the ray through the first kept row
+    assert cell_x(seen[0]) == pytest.approx(d_cut, abs=2 * GRID.resolution)
+
+
 def test_remap_table_is_cached():
     proj = projector()
     labels = road_below_horizon_line()

@@ -56,7 +56,7 @@ def test_costmap_picture_puts_forward_up_and_left_left():
 @pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason=f"embedded default model missing: {DEFAULT_MODEL}")
 def test_short_demo_runs_seg_node_and_reports(tmp_path, ros_env):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, "demo", "--frames", "6", "--rate", "2",
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, "demo", "--frames", "6", "--rate", "1",
                            "--out", str(out)], env=ros_env, capture_output=True, text=True, timeout=240)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:] + (out / "seg_node.log").read_text()[-2000:]

@@ -47,6 +47,8 @@ class GridSpec:
     origin_y: float = -10.0
     frame: str = "base_link"
     max_range: float = 0.0  # cells farther than this from the camera stay unknown (0 = no limit)
+    # Fraction of image rows, from the bottom, that never reach the grid: the ego hood or bumper is no obstacle.
+    ignore_bottom: float = 0.0
 
     @property
     def width(self) -> int:
@@ -192,7 +194,7 @@ def ground_remap_table(grid: GridSpec, pose: CameraPose, k: np.ndarray, k_hw: tu
     # Pixel centres sit at integer coordinates; map camera pixels onto the label grid.
     col = np.floor((u + 0.5) * labels_hw[1] / camera_hw[1])
     row = np.floor((v + 0.5) * labels_hw[0] / camera_hw[0])
-    visible = front & (col >= 0) & (col < labels_hw[1]) & (row >= 0) & (row < labels_hw[0])
+    visible = front & (col >= 0) & (col < labels_hw[1]) & (row >= 0) & (row < labels_hw[0] * (1 - grid.ignore_bottom))
     if grid.max_range > 0:
         visible &= np.hypot(rel[:, 0], rel[:, 1]) <= grid.max_range
     cells = np.flatnonzero(visible)

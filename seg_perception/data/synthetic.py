@@ -29,6 +29,7 @@ PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = 24, 25, 26, 27, 28,
 INSTANCE_LABELS = frozenset({PERSON, RIDER, CAR, TRUCK, BUS, 29, 30, TRAIN, MOTORCYCLE, BICYCLE})
 
 CAMERA_HEIGHT_M = 1.5
+HOOD_FRACTION = (0.05, 0.1)  # of the image height, drawn per scene or drive
 NEAR_M, FAR_M = 2.0, 160.0
 
 
@@ -559,7 +560,7 @@ def _render(street: Street, cam: Camera, camera_z: float, frame: int, hood: floa
 def render_scene(rng: np.random.Generator, height: int, width: int) -> SyntheticFrame:
     """One random street scene seen from a forward camera."""
     street = build_street(rng, z_end=0.0)
-    return _render(street, Camera.for_image(height, width), 0.0, 0, rng.uniform(0.05, 0.1), rng)
+    return _render(street, Camera.for_image(height, width), 0.0, 0, rng.uniform(*HOOD_FRACTION), rng)
 
 
 def render_drive(rng: np.random.Generator, n_frames: int, height: int, width: int,
@@ -567,7 +568,7 @@ def render_drive(rng: np.random.Generator, n_frames: int, height: int, width: in
     """`n_frames` temporally coherent frames of a camera driving `step_m` metres a frame down one street."""
     street = build_street(rng, z_end=n_frames * step_m, camera_speed=step_m)
     cam = Camera.for_image(height, width)
-    hood = rng.uniform(0.05, 0.1)
+    hood = rng.uniform(*HOOD_FRACTION)
     light_seed = int(rng.integers(1 << 31))  # one illumination for the whole drive
     for i in range(n_frames):
         yield _render(street, cam, i * step_m, i, hood, np.random.default_rng(light_seed))

@@ -198,8 +198,14 @@ def evaluate(job: CityscapesJob, workers: int = 1,
         # Never plain fork: a parent with live thread pools (OpenCV, ONNX Runtime, DDS) can hand a child a held
         # lock. Scoring PNGs uses a fork server (a clean process forks the workers, cheap); a model gets a fresh
         # interpreter per worker, so no ONNX Runtime or CUDA state is shared with the process that checked it.
-        method = "forkserver" if job.predictions is not None else "spawn"
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+        if job.predictions is not None:
+            context = multiprocessing.get_context("forkserver")
+            # Workers fork from a server that has imported this module (numpy, OpenCV, the label table) once,
+            # instead of each importing it: ~0.3 s less per worker.
+            context.set_forkserver_preload([__name__])
+        else:
+            context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                    initializer=_init_worker, initargs=(job,))
         results = pool.map(_run_in_worker, range(n), chunksize=max(1, min(16, n // (4 * workers))))
     try:

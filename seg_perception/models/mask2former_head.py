@@ -361,7 +361,7 @@ class Mask2FormerHead(nn.Module):
         return self.predictor(levels, mask_features)
 
 
-def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int],
+def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int] | None,
                        upsample_masks_first: bool = False) -> torch.Tensor:
     """sum_q softmax(class)[q, k] * sigmoid(mask)[q] without the no-object class -> B x K x H x W scores."""
     probs = class_logits.softmax(-1)[..., :-1].transpose(1, 2)  # B K Q
@@ -369,7 +369,7 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, si
         mask_logits = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
     b, _, h, w = mask_logits.shape
     scores = torch.matmul(probs, mask_logits.sigmoid().flatten(2)).view(b, -1, h, w)
-    if upsample_masks_first:
+    if upsample_masks_first or size is None:  # None: scores at mask resolution
         return scores
     return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
 
@@ -388,3 +388,11 @@ class Mask2Former(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         class_logits, mask_logits = self.sem_seg_head(self.backbone(x))
         return semantic_inference(class_logits, mask_logits, x.shape[2:], self.upsample_masks_first)
+
+    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Semantic scores at mask resolution (stride 4), before the final bilinear resize to the input, which
+        the ONNX export does channels-last; None in the official order (`upsample_masks_first`)."""
+        if self.upsample_masks_first:
+            return None
+        class_logits, mask_logits = self.sem_seg_head(self.backbone(x))
+        return semantic_inference(class_logits, mask_logits, None)

@@ -16,5 +16,9 @@ class EncoderDecoder(nn.Module):
         self.decode_head = decode_head
 
     def forward(self, x):
-        logits = self.decode_head(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return F.interpolate(self.forward_lowres(x), size=x.shape[2:], mode="bilinear", align_corners=False)
+
+    def forward_lowres(self, x):
+        """The decode head's logits before the final bilinear resize to the input size (the ONNX export does
+        that resize itself, channels-last; see `deploy.export.deploy_wrapper`)."""
+        return self.decode_head(self.backbone(x))

@@ -79,6 +79,8 @@ PARAMETERS: dict[str, Spec] = {
                              range=(-1000.0, 1000.0)),
     "costmap_max_range": Spec(0.0, "cells farther than this from the camera stay unknown (m, 0 = no limit)",
                               range=(0.0, 1000.0)),
+    "costmap_ignore_bottom": Spec(0.0, "fraction of image rows, from the bottom, left out of the costmaps (the "
+                                       "ego hood or bumper)", range=(0.0, 0.9)),
     "cost_table": Spec(["road:0", "sidewalk:30", "terrain:50", "person:100", "rider:100", "car:100",
                         "truck:100", "bus:100", "train:100", "motorcycle:100", "bicycle:100"],
                        "'class:cost' entries (cost 0..100, -1 = unknown) for the fused semantic_costmap"),
@@ -125,6 +127,7 @@ class NodeParams:
     costmap_origin_x: float
     costmap_origin_y: float
     costmap_max_range: float
+    costmap_ignore_bottom: float
     cost_table: list[str]
     default_cost: int
     costmap_classes: list[str]
@@ -152,7 +155,7 @@ class NodeParams:
 
     def grid(self) -> GridSpec:
         return GridSpec(self.costmap_resolution, self.costmap_size_x, self.costmap_size_y, self.costmap_origin_x,
-                        self.costmap_origin_y, self.costmap_frame, self.costmap_max_range)
+                        self.costmap_origin_y, self.costmap_frame, self.costmap_max_range, self.costmap_ignore_bottom)
 
     def costs(self) -> dict[str, int]:
         """cost_table as {class name: cost}."""

@@ -120,14 +120,17 @@ def _play(args: argparse.Namespace, reader: BagReader, topics: dict[str, str], r
         rclpy.try_shutdown()
 
 
-def _wait_for_subscribers(seconds: float, publishers: dict, settle: float = 0.3) -> None:
-    """Until some played topic has a subscriber (a ground-truth topic may never get one) and the matches have
-    stopped changing for `settle` seconds, so a node's second subscription (camera_info) is matched too."""
+def _wait_for_subscribers(seconds: float, publishers: dict, settle: float = 1.0) -> None:
+    """Until every played topic has a subscriber, or some have (a ground-truth topic may never get one) and the
+    matches have stopped changing for `settle` seconds: on a busy machine a node's second subscription
+    (camera_info) is discovered well after its first."""
     deadline = time.monotonic() + seconds
     last, since = None, 0.0
     while time.monotonic() < deadline:
         counts = [p.get_subscription_count() for p in publishers.values()]
         now = time.monotonic()
+        if all(counts):
+            return
         if counts != last:
             last, since = counts, now
         elif any(counts) and now - since >= settle:
