@@ -63,4 +63,3 @@ def assert_onnx_matches_torch(model: nn.Module, onnx_path, info, seed: int = 0) 
         want = model(x)[0].numpy()
     np.testing.assert_allclose(logits[0], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
     assert labels.dtype == np.uint8 and (labels[0] == want.argmax(0)).mean() > 0.999
-

@@ -10,6 +10,7 @@ different for every class, so that a small model can learn them.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import itertools
 from dataclasses import dataclass, field
@@ -540,11 +541,13 @@ def _visible_instances(seg: _SegmentMap) -> np.ndarray:
     instance = np.asarray(seg.instance, np.int32)
     visible = np.bincount(seg.ids.ravel(), minlength=len(instance)) > 0
     renumbered: dict[int, int] = {}
+    per_label: collections.Counter = collections.Counter()
     for i in np.flatnonzero(visible & (instance >= 1000)):
         old = int(instance[i])
         if old not in renumbered:
             label = old // 1000
-            renumbered[old] = label * 1000 + sum(1 for v in renumbered.values() if v // 1000 == label)
+            renumbered[old] = label * 1000 + per_label[label]
+            per_label[label] += 1
         instance[i] = renumbered[old]
     return instance
 

@@ -88,7 +88,8 @@ def deploy_wrapper(model, info: ModelInfo, with_logits: bool, dynamic: bool = Fa
                 low = self.model.forward_lowres(x)
             if low is None:
                 return self.outputs(self.model(x), dim=1)
-            sizes = (*static_shape(low)[:1], *static_shape(image)[1:3], static_shape(low)[1])
+            (n, k, _, _), (_, h, w, _) = static_shape(low), static_shape(image)
+            sizes = (n, h, w, k)
             scores = resize_nhwc.apply(low.permute(0, 2, 3, 1), image, sizes, self.dynamic)  # 1, H, W, K
             return self.outputs(scores, dim=3)
 
