@@ -13,6 +13,7 @@ from model_checks import export_and_compare, overfit_steps, synthetic_batch  # n
 from seg_perception.models import registry  # noqa: E402
 from seg_perception.models.checkpoint import key_fixture, read_fixture  # noqa: E402
 from seg_perception.models.flops import count_flops, count_params_m  # noqa: E402
+from seg_perception.models.layers import ConvModule, resize_concat_fuse  # noqa: E402
 from seg_perception.models.metaseg_head import ChannelReductionAttention  # noqa: E402
 from seg_perception.models.mscan import MSCAN  # noqa: E402
 from seg_perception.models.registry import build_model, get_variant  # noqa: E402
@@ -145,6 +146,35 @@ def test_cra_matches_the_written_out_equations():
             outs.append(logits.softmax(-1) @ v[:, head * 8:(head + 1) * 8])
         want = cra.proj(torch.cat(outs, dim=1))
     torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", [[(4, 8), (8, 16), (16, 32)], [(1, 1), (3, 5), (13, 10)]])
+def test_fuse_before_resize_equals_the_official_order(sizes):
+    # the export runs the 1x1 fuse (BN folded) on each map before its resize: same numbers, fewer MACs
+    torch.manual_seed(0)
+    fuse = ConvModule(6 + 5 + 4, 7).eval()
+    fuse.bn.running_mean.normal_()
+    fuse.bn.running_var.uniform_(0.5, 2.0)
+    torch.nn.init.normal_(fuse.bn.weight)
+    torch.nn.init.normal_(fuse.bn.bias)
+    maps = [torch.randn(1, c, *hw) for c, hw in zip((6, 5, 4), sizes)]
+    with torch.no_grad():
+        official = resize_concat_fuse(fuse, maps, maps[-1], before_resize=False)
+        fused = resize_concat_fuse(fuse, maps, maps[-1], before_resize=True)
+    assert official.shape == (1, 7, *sizes[-1]) and (official > 0).any() and (official == 0).any()
+    torch.testing.assert_close(fused, official, rtol=1e-5, atol=1e-5)
+
+
+def test_metaseg_export_fuses_each_stage_before_the_resize(tmp_path):
+    pytest.importorskip("onnx")
+    from seg_perception.deploy.export import export_onnx, model_info_for
+    import onnx
+
+    path = export_onnx(build_model("metaseg-b").eval(), model_info_for("metaseg-b", (64, 128)), tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    fan_in = {weights[n.input[1]][1] for n in graph.node if n.op_type == "Conv" and n.input[1] in weights}
+    assert 320 + 128 + 512 not in fan_in and {128, 320, 512} <= fan_in  # no 960-channel conv at stride 8
 
 
 @pytest.mark.parametrize("hw", [(32, 32), (64, 128), (100, 75)])

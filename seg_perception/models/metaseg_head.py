@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_perception.models.layers import ConvModule, DropPath, init_weights
+from seg_perception.models.layers import ConvModule, DropPath, init_weights, resize_concat_fuse
 from seg_perception.models.ops import static_hw
 
 
@@ -125,8 +125,5 @@ class MetaSegHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         _, c2, c3, c4 = feats
-        size = c2.shape[2:]
-        _c4 = F.interpolate(self.attn4(c4), size=size, mode="bilinear", align_corners=False)
-        _c3 = F.interpolate(self.attn3(c3), size=size, mode="bilinear", align_corners=False)
-        _c2 = self.attn2(c2)  # already at stride 8 (the official same-size resize is an identity)
-        return self.linear_pred(self.dropout(self.linear_fuse(torch.cat([_c4, _c3, _c2], dim=1))))
+        maps = [self.attn4(c4), self.attn3(c3), self.attn2(c2)]  # c2 is already at stride 8
+        return self.linear_pred(self.dropout(resize_concat_fuse(self.linear_fuse, maps, c2)))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_perception.models.layers import ConvModule, DropPath, init_weights
+from seg_perception.models.layers import ConvModule, DropPath, init_weights, resize_concat_fuse
 from seg_perception.models.metaseg_head import StripAttention
 from seg_perception.models.ops import static_hw
 
@@ -110,7 +110,5 @@ class SCASegHead(nn.Module):
                                                for j in range(i + 1, self.num_stages + 1)], dim=1)
             query = getattr(self, f"lateral{i}")(feats[i - 1])
             decoded[i] = getattr(self, f"clb{i}")(query, keys)
-        size = feats[0].shape[2:]
-        ups = [decoded[1]] + [F.interpolate(decoded[i], size=size, mode="bilinear", align_corners=False)
-                              for i in range(2, self.num_stages + 1)]
-        return self.conv_seg(self.dropout(self.linear_fuse(torch.cat(ups, dim=1))))
+        maps = [decoded[i] for i in range(1, self.num_stages + 1)]  # decoded[1] is at stride 4, as feats[0]
+        return self.conv_seg(self.dropout(resize_concat_fuse(self.linear_fuse, maps, feats[0])))
