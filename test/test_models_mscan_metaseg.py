@@ -192,6 +192,21 @@ def test_onnx_export_agrees_with_pytorch(name, tmp_path):
     export_and_compare(build_model(name).eval(), name, (64, 128), tmp_path, seed=0)
 
 
+def test_dynamic_export_agrees_with_pytorch_at_other_sizes(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import dataclasses
+
+    from model_checks import assert_onnx_matches_torch
+    from seg_perception.deploy.export import export_onnx, model_info_for
+
+    torch.manual_seed(0)
+    model = build_model("metaseg-t").eval()
+    info = model_info_for("metaseg-t", (128, 256), with_logits=True)
+    path = export_onnx(model, info, tmp_path / "dyn.onnx", with_logits=True, dynamic=True)
+    for size in [(128, 256), (256, 512), (160, 96)]:  # the export size, larger, and another aspect ratio
+        assert_onnx_matches_torch(model, path, dataclasses.replace(info, input_size=size))
+
+
 def test_metaseg_learns_a_few_synthetic_frames():
     torch.manual_seed(0)
     model = build_model("metaseg-t", num_classes=4)

@@ -93,3 +93,11 @@ def test_scaseg_learns_a_few_synthetic_frames():
     images, labels = synthetic_batch(2, 64, 64, 4)
     first, last = overfit_steps(model, images, labels, steps=30, lr=3e-3)
     assert last < 0.2 * first and last < 0.5, (first, last)
+
+
+def test_export_refuses_dynamic_because_the_key_grid_is_fixed(tmp_path):
+    from seg_perception.deploy.export import export_zoo
+
+    with pytest.raises(ValueError, match="--dynamic is not supported for scaseg-t"):
+        export_zoo("scaseg-t", (64, 128), tmp_path / "d.onnx", dynamic=True)
+    assert not (tmp_path / "d.onnx").exists()

@@ -167,8 +167,12 @@ def export_onnx(model, info: ModelInfo, out: str | Path, with_logits: bool = Fal
 def export_zoo(name: str, input_size: tuple[int, int], out: str | Path, checkpoint: str | None = None,
                with_logits: bool = False, dynamic: bool = False, opset: int = OPSET) -> Path:
     """Build zoo model `name` (random weights unless `checkpoint`) and export it: the CLI's whole job."""
-    from seg_perception.models.registry import build_model
+    from seg_perception.models.registry import DYNAMIC_FAMILIES, build_model, get_variant
 
+    family = get_variant(name).family
+    if dynamic and family not in DYNAMIC_FAMILIES:
+        raise ValueError(f"--dynamic is not supported for {name}: a {family} graph fixes size-dependent tables "
+                         f"when exported; export one file per input size (supported: {sorted(DYNAMIC_FAMILIES)})")
     model = build_model(name)
     if checkpoint:
         from seg_perception.models.checkpoint import load_checkpoint

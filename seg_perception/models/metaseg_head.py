@@ -61,8 +61,9 @@ class ChannelReductionAttention(StripAttention):
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """x: B x N x C tokens of an h x w map -> B x N x C."""
         b, _, c = x.shape
-        window = pooled_window(h, w, self.pool_ratio)
-        kv = self.sr(F.avg_pool2d(x.transpose(1, 2).reshape(b, c, h, w), window, window))
+        grid = x.transpose(1, 2).reshape(b, c, h, w)
+        window = pooled_window(*static_hw(grid), self.pool_ratio)  # fixed in an exported graph, as the ratios
+        kv = self.sr(F.avg_pool2d(grid, window, window))
         return super().forward(x, self.act(self.norm(kv.flatten(2).transpose(1, 2))))
 
 
@@ -97,8 +98,7 @@ class GlobalMetaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B x C x h x w -> same shape."""
-        b, c = x.shape[:2]
-        h, w = static_hw(x)
+        b, c, h, w = x.shape  # traced sizes, so a --dynamic export reshapes to the size it runs at
         t = x.flatten(2).transpose(1, 2)
         t = t + self.drop_path(self.attn(self.norm1(t), h, w))
         t = t + self.drop_path(self.mlp(self.norm3(t), h, w))

@@ -52,6 +52,11 @@ CITY = (1024, 2048)
 
 VARIANTS: dict[str, Variant] = {}
 
+# Families whose exported graph follows the image size at run time (`export --dynamic`). The others fix
+# size-dependent tables when traced: SCASeg its key grid, SegMAN its scan lengths and attention index
+# tables, Mask2Former its position and reference tables.
+DYNAMIC_FAMILIES = frozenset({"metaseg"})
+
 
 def register(v: Variant) -> Variant:
     if v.name in VARIANTS:
