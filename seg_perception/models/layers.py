@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +51,8 @@ def resize_concat_fuse(fuse: ConvModule, maps: list[torch.Tensor], like: torch.T
     if before_resize is None:
         before_resize = torch.onnx.is_in_onnx_export()
     conv = fuse.conv
-    if not before_resize or conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+    if (not before_resize or fuse.training or conv.kernel_size != (1, 1) or conv.stride != (1, 1)
+            or conv.groups != 1):
         return fuse(torch.cat([resize_to(m, like) for m in maps], dim=1))
     scale = fuse.bn.weight / torch.sqrt(fuse.bn.running_var + fuse.bn.eps)
     weight = conv.weight * scale[:, None, None, None]
@@ -56,7 +60,7 @@ def resize_concat_fuse(fuse: ConvModule, maps: list[torch.Tensor], like: torch.T
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     parts = torch.split(weight, [m.shape[1] for m in maps], dim=1)
-    out = sum(resize_to(F.conv2d(m, w), like) for m, w in zip(maps, parts))
+    out = functools.reduce(operator.add, [resize_to(F.conv2d(m, w), like) for m, w in zip(maps, parts)])
     return fuse.activate(out + bias[:, None, None])
 
 

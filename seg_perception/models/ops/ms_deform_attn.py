@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import numpy as np
 import torch
@@ -29,13 +30,13 @@ def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: list[tuple[int, int
     # axis with Lq-long contiguous runs; summed over the last axis (P = 4) it was ONNX Runtime's slow case
     grids = (2 * sampling_locations - 1).permute(0, 2, 3, 4, 1, 5).flatten(0, 1)  # B*h x L x P x Lq x 2
     weights = attention_weights.permute(0, 2, 3, 4, 1).reshape(b * heads, 1, levels, points, lq)
-    out = 0
+    per_level = []
     for level, (hh, ww) in enumerate(spatial_shapes):
         v = values[level].flatten(2).transpose(1, 2).reshape(b * heads, d, hh, ww)
         sampled = F.grid_sample(v, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False)
         # summed level by level: stacking the levels first copied B*h*d*Lq*L*P floats (132 MB at 512x1024)
-        out = out + (sampled * weights[:, :, level]).sum(2)  # B*h x d x Lq
-    return out.view(b, heads * d, lq).transpose(1, 2)
+        per_level.append((sampled * weights[:, :, level]).sum(2))  # B*h x d x Lq
+    return functools.reduce(operator.add, per_level).view(b, heads * d, lq).transpose(1, 2)
 
 
 @functools.lru_cache(maxsize=64)
