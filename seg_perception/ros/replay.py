@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock", action="store_true", help="also publish /clock from the log times (use_sim_time)")
     p.add_argument("--wait-subscribers", type=float, default=0.0, metavar="SECONDS",
                    help="before playing, wait up to this long for a subscriber on any played topic")
+    p.add_argument("--wait-for-all-acked", type=float, default=5.0, metavar="SECONDS",
+                   help="after playing, wait up to this long for reliable subscribers to acknowledge every message "
+                        "(as `ros2 bag play --wait-for-all-acked`; 0: exit at once, dropping what is in flight)")
 
 
 def _remaps(entries: list[str]) -> dict[str, str]:
@@ -111,6 +114,13 @@ def _play(args: argparse.Namespace, reader: BagReader, topics: dict[str, str], r
                 sent += 1
             if not args.loop or sent == 0 or not rclpy.ok():
                 break
+        if args.qos == "reliable" and args.wait_for_all_acked > 0 and rclpy.ok():
+            # exiting destroys the publishers' histories: a slow subscriber would lose what it has not acked yet
+            from rclpy.duration import Duration
+
+            deadline = time.monotonic() + args.wait_for_all_acked
+            for pub in publishers.values():
+                pub.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
         print(f"published {sent} messages", flush=True)  # after a signal the rosout logger is gone
         return 0
     except KeyboardInterrupt:
