@@ -4,8 +4,9 @@ Workers are timed on the file list repeated (`--worker-repeat`), as on a real va
 (one interpreter importing numpy and OpenCV, ~0.4 s) is paid once per evaluation, not per image.
 
 Files are 1024x2048 like Cityscapes: blocky labelIds, 16-bit instanceIds (~500 instances per image) and
-label-id predictions with about 10 % of pixels wrong, as a model gets them wrong (shifted boundaries, blobs); `--noise`
-scatters the errors as salt noise instead, the worst case for PNG decoding. The numbers of both evaluators are checked to agree (1e-6).
+label-id predictions with about 10 % of pixels wrong, as a model gets them wrong (shifted boundaries, blobs);
+`--noise` scatters the errors as salt noise instead, the worst case for PNG decoding. The numbers of both
+evaluators are checked to agree (1e-6).
 
     python bench/bench_eval.py [--pairs 10] [--workers 2] [--worker-repeat 50]
 """

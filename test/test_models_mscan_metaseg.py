@@ -3,13 +3,16 @@ small-input robustness, ONNX export agreement, and learning."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("fvcore")
 
-from model_checks import export_and_compare, overfit_steps, synthetic_batch  # noqa: E402
+from model_checks import assert_onnx_matches_torch, export_and_compare, overfit_steps, synthetic_batch  # noqa: E402
 
+from seg_perception.deploy.export import export_onnx, model_info_for  # noqa: E402
 from seg_perception.models import registry  # noqa: E402
 from seg_perception.models.checkpoint import key_fixture, read_fixture  # noqa: E402
 from seg_perception.models.flops import count_flops, count_params_m  # noqa: E402
@@ -166,9 +169,7 @@ def test_fuse_before_resize_equals_the_official_order(sizes):
 
 
 def test_metaseg_export_fuses_each_stage_before_the_resize(tmp_path):
-    pytest.importorskip("onnx")
-    from seg_perception.deploy.export import export_onnx, model_info_for
-    import onnx
+    onnx = pytest.importorskip("onnx")
 
     path = export_onnx(build_model("metaseg-b").eval(), model_info_for("metaseg-b", (64, 128)), tmp_path / "m.onnx")
     graph = onnx.load(str(path)).graph
@@ -194,11 +195,6 @@ def test_onnx_export_agrees_with_pytorch(name, tmp_path):
 
 def test_dynamic_export_agrees_with_pytorch_at_other_sizes(tmp_path):
     pytest.importorskip("onnxruntime")
-    import dataclasses
-
-    from model_checks import assert_onnx_matches_torch
-    from seg_perception.deploy.export import export_onnx, model_info_for
-
     torch.manual_seed(0)
     model = build_model("metaseg-t").eval()
     info = model_info_for("metaseg-t", (128, 256), with_logits=True)
