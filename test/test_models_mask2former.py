@@ -176,6 +176,20 @@ def test_masked_cross_attention_respects_masks_and_unmasks_empty_queries():
     assert not torch.allclose(out[0, 1], out2[0, 1])  # the un-masked empty query did
 
 
+def test_attention_mask_from_resized_features_equals_the_official_order(models):
+    # the export predicts the attention masks from features resized to each level; eager resizes the masks
+    decoder = models["mask2former-r50"].sem_seg_head.predictor
+    torch.manual_seed(4)
+    output, features = torch.randn(1, 100, 256), torch.randn(1, 256, 24, 40)
+    with torch.no_grad():
+        for size in [(3, 5), (6, 10), (12, 20), (7, 13), (24, 40)]:
+            resized = {size: F.interpolate(features, size=size, mode="bilinear", align_corners=False)}
+            official = decoder.attention_mask(output, features, size, {})
+            assert official.shape == (1, 100, size[0] * size[1])
+            torch.testing.assert_close(decoder.attention_mask(output, features, size, resized), official,
+                                       atol=1e-4, rtol=1e-4)
+
+
 # --- building blocks vs the official formulations -------------------------------------------------------
 
 def test_sine_position_table_matches_cumsum_formulation():
