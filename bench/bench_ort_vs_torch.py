@@ -23,9 +23,8 @@ import numpy as np
 
 def time_pair(ort, torch_backend, image: np.ndarray, budget_s: float, max_iters: int) -> tuple[list, list, float]:
     """Interleaved timings (ms) of both backends until the budget or max_iters is reached; >= 2 each."""
-    for _ in range(2):  # warm-up: ORT plans its memory on the first run and first-touches that block on the
-        ort.infer(image)  # second (SegMAN-B: 12.7 s, 16.7 s, then 8.7 s steady), torch picks kernels
-        torch_backend.infer(image)
+    ort.warm_up(2)  # ORT plans its memory on the first run and first-touches that block on the second
+    torch_backend.warm_up(2)
     t_ort, t_torch = [], []
     start = time.perf_counter()
     order = [(ort, t_ort), (torch_backend, t_torch)]

@@ -407,7 +407,8 @@ def test_costmap_semantics_alignment_and_dropping_under_overload(slow_half_road,
 def test_compressed_input_corrupt_jpeg_and_trace_file(half_road, peer, start_node, tmp_path):
     trace_file = tmp_path / "trace.json"
     node = start_node(dict(model=str(half_road), input_type="compressed", input_topic="/cam/image",
-                           diagnostics_period=0.2, output_resolution="model", trace_file=str(trace_file)))
+                           diagnostics_period=0.2, output_resolution="model", trace_file=str(trace_file),
+                           warmup_frames=3))
     peer.subscribe(Image, "/semantic_mask")
     peer.subscribe(DiagnosticArray, "/diagnostics")
     pub = peer.publisher(CompressedImage, "/cam/image/compressed")
@@ -431,6 +432,7 @@ def test_compressed_input_corrupt_jpeg_and_trace_file(half_road, peer, start_nod
     pub.publish(compressed(peer.now(), fmt="bmp"))
     wait_diagnostics(peer, "rejected", lambda v: int(v) >= 3)
     assert "rejected frame: corrupt" in node.output()  # later lines are throttled
+    assert "(warm-up: 3 frames" in node.output()
     rc, seconds = node.stop(signal.SIGTERM)
     assert rc == 0 and seconds < 2.0
     events = json.loads(trace_file.read_text())["traceEvents"]

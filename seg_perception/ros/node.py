@@ -55,6 +55,9 @@ class SegNode(Node):
         p = self.params = declare(self)
         self.backend = open_backend(p.model, p.backend, **p.backend_options())
         info = self.backend.info
+        start = _NOW()
+        self.backend.warm_up(p.warmup_frames)  # before any subscription: no camera frame waits on it
+        warm_up_ms = (_NOW() - start) / 1e6
         costs = p.costs()
         for param, names in (("cost_table", list(costs)), ("costmap_classes", p.costmap_classes)):
             unknown = [n for n in names if n not in info.class_names]
@@ -105,7 +108,8 @@ class SegNode(Node):
         self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.name}; "
+            f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.name} "
+            f"(warm-up: {p.warmup_frames} frames, {warm_up_ms:.0f} ms); "
             f"listening on {p.subscribed_topic} ({p.input_type}, {p.input_qos})")
 
     # --- executor thread: cheap -------------------------------------------------------------------

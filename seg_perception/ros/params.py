@@ -39,6 +39,8 @@ PARAMETERS: dict[str, Spec] = {
     "model": Spec("", "ONNX file, TensorRT engine (.engine/.plan) or zoo name; empty = the embedded default model"),
     "backend": Spec("auto", "inference backend", choices=BACKENDS),
     "threads": Spec(0, "CPU inference threads (0 = the backend's default)", range=(0, 256)),
+    "warmup_frames": Spec(2, "black frames run through the model before subscribing: the first runs allocate and "
+                             "pick kernels, several times slower than later ones", range=(0, 100)),
     "trt_precision": Spec("fp16", "TensorRT engine precision when building from an ONNX file",
                           choices=("fp32", "fp16", "int8")),
     "engine_rebuild": Spec(True, "rebuild a cached TensorRT engine whose sidecar does not match this machine "
@@ -98,6 +100,7 @@ class NodeParams:
     model: str
     backend: str
     threads: int
+    warmup_frames: int
     trt_precision: str
     engine_rebuild: bool
     engine_cache_dir: str
