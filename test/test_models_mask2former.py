@@ -183,10 +183,10 @@ def test_attention_mask_from_resized_features_equals_the_official_order(models):
     output, features = torch.randn(1, 100, 256), torch.randn(1, 256, 24, 40)
     with torch.no_grad():
         for size in [(3, 5), (6, 10), (12, 20), (7, 13), (24, 40)]:
-            resized = {size: F.interpolate(features, size=size, mode="bilinear", align_corners=False)}
-            official = decoder.attention_mask(output, features, size, {})
+            resized = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+            official = decoder.attention_mask(output, features, size)
             assert official.shape == (1, 100, size[0] * size[1])
-            torch.testing.assert_close(decoder.attention_mask(output, features, size, resized), official,
+            torch.testing.assert_close(decoder.attention_mask(output, resized, size), official,
                                        atol=1e-4, rtol=1e-4)
 
 

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _play(args: argparse.Namespace, reader: BagReader, topics: dict[str, str], remaps: dict[str, str]) -> int:
     import rclpy
+    from rclpy.duration import Duration
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     rclpy.init(args=[])  # our own argv holds FROM:=TO remaps, which rcl would take for its own deprecated syntax
@@ -116,8 +117,6 @@ def _play(args: argparse.Namespace, reader: BagReader, topics: dict[str, str], r
                 break
         if args.qos == "reliable" and args.wait_for_all_acked > 0 and rclpy.ok():
             # exiting destroys the publishers' histories: a slow subscriber would lose what it has not acked yet
-            from rclpy.duration import Duration
-
             deadline = time.monotonic() + args.wait_for_all_acked
             for pub in publishers.values():
                 pub.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
