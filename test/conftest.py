@@ -16,8 +16,13 @@ _domain_counter = itertools.count()
 def ros_env(worker_id):
     """Environment for a test that talks DDS: its own ROS_DOMAIN_ID, localhost-only discovery, SHM profile."""
     worker = 0 if worker_id == "master" else int(worker_id.removeprefix("gw"))
-    # Domains 1..200 split across workers; 232 is the highest valid id.
-    domain = 1 + worker * 100 + next(_domain_counter) % 100
+    # Domains 1..200 split across workers; 232 is the highest valid id. SEG_TEST_DOMAIN_BASE pins a run
+    # to 25 domains from that base, so that suites running side by side on one machine never meet.
+    base = os.environ.get("SEG_TEST_DOMAIN_BASE")
+    if base:
+        domain = int(base) + (worker * 12 + next(_domain_counter)) % 25
+    else:
+        domain = 1 + worker * 100 + next(_domain_counter) % 100
     env = dict(os.environ)
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                FASTRTPS_DEFAULT_PROFILES_FILE=str(REPO / "config" / "fastdds_shm.xml"),
