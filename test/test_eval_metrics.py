@@ -161,6 +161,7 @@ def test_perfect_and_empty_predictions():
     accumulate(stats, gt, np.full_like(gt, 255), "labelIds", "trainIds")  # nothing predicted
     s = scores(stats)
     assert s.per_class_iou["road"] == 0.0 and s.ignored_predictions[0] == 16
+    assert s.pixel_accuracy == 0.0 and s.miou == 0.0  # "no label" is a wrong answer, not an abstention
     with pytest.raises(ValueError, match="ground truth is 6x4 but prediction is 6x3"):
         accumulate(stats, gt, gt[:3], "labelIds", "labelIds")
 
@@ -179,3 +180,26 @@ def test_large_image_path_counts_the_same(dataset, monkeypatch):
     np.testing.assert_array_equal(small.matrix, large.matrix)
     np.testing.assert_allclose(small.inst_tp, large.inst_tp, rtol=1e-12)
     np.testing.assert_allclose(small.cat_inst_fn, large.cat_inst_fn, rtol=1e-12)
+
+
+def test_scores_computed_by_hand():
+    """Ten pixels, every score worked out on paper: an ignored ground-truth pixel, a prediction on it,
+    a 'no label' prediction (255) on road, and classes confused with one another."""
+    gt = np.array([[7, 7, 7, 7, 8, 8, 26, 26, 0, 0, 7]], np.uint8)  # label ids: road, sidewalk, car, unlabeled
+    pred = np.array([[0, 0, 0, 1, 1, 13, 13, 13, 2, 255, 255]], np.uint8)  # train ids: road, sidewalk, car, building
+    stats = EvalStats()
+    accumulate(stats, gt, pred, "labelIds", "trainIds")
+    s = scores(stats)
+    # road: 3 hits, missed once as sidewalk and once as no label; sidewalk: 1 hit, 1 missed as car, 1 road
+    # pixel taken for it; car: 2 hits, 1 sidewalk pixel taken for it. Building is predicted only where the
+    # ground truth is ignored: nothing to score.
+    assert s.per_class_iou["road"] == pytest.approx(3 / 5)
+    assert s.per_class_iou["sidewalk"] == pytest.approx(1 / 3)
+    assert s.per_class_iou["car"] == pytest.approx(2 / 3)
+    assert s.per_class_iou["building"] is None and s.per_class_iou["sky"] is None
+    assert s.miou == pytest.approx((3 / 5 + 1 / 3 + 2 / 3) / 3)
+    assert s.pixel_accuracy == pytest.approx(6 / 9)  # 9 evaluated pixels, the 255 one among them
+    assert s.category_iou["flat"] == pytest.approx(5 / 7) and s.category_iou["vehicle"] == pytest.approx(2 / 3)
+    assert s.mean_category_iou == pytest.approx((5 / 7 + 2 / 3) / 2)
+    assert s.confusion_matrix[0].tolist() == [3, 1] + [0] * 17  # road row: 3 road, 1 sidewalk, 255 not a column
+    assert s.ignored_predictions[0] == 1
