@@ -28,11 +28,13 @@ from onnx import TensorProto, helper, numpy_helper
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from nav_msgs.msg import OccupancyGrid  # noqa: E402
+from rclpy.duration import Duration  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
 from seg_perception.backends.base import ModelInfo  # noqa: E402
+from seg_perception.core.trace import STAGES  # noqa: E402
 from seg_perception.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -309,6 +311,14 @@ def test_outputs_carry_the_input_stamp_size_and_geometry_then_bad_input_is_survi
     latency = {kv.key: float(kv.value) for kv in got["/semantic_mask/latency"].status[0].values}
     assert {"transport_ms", "wait_ms", "decode_ms", "inference_ms", "publish_ms", "end_to_end_ms"} <= set(latency)
     assert latency["end_to_end_ms"] >= latency["inference_ms"] > 0
+    # A frame stamped 200 ms before it is sent: transport (header stamp to arrival) holds those 200 ms, and
+    # the stages, which follow one another, add up to no more than end to end.
+    old = (peer.node.get_clock().now() - Duration(nanoseconds=200_000_000)).to_msg()
+    pub.publish(image_msg(rgb, old))
+    latency = {kv.key: float(kv.value) for kv in peer.find("/semantic_mask/latency", old).status[0].values}
+    assert 200.0 <= latency["transport_ms"] < 200.0 + 300.0, latency  # + delivery, however loaded the machine
+    stages = sum(latency.get(f"{stage}_ms", 0.0) for stage in STAGES)
+    assert latency["transport_ms"] + latency["inference_ms"] <= stages <= latency["end_to_end_ms"] + 0.01, latency
 
     # Bad input: each kind is logged and counted, and the next good frame is served.
     good = image_msg(rgb, stamp)
