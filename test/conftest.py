@@ -31,6 +31,23 @@ def ros_env(worker_id):
 
 
 @pytest.fixture(scope="session")
+def no_torch(tmp_path_factory):
+    """`no_torch(env=None)`: a copy of `env` (default os.environ) in which `import torch` fails, in the process
+    and in every process it starts, as in the runtime install (`make demo`) that has no torch."""
+    blocker = tmp_path_factory.mktemp("torch_blocker")
+    (blocker / "torch").mkdir()
+    (blocker / "torch" / "__init__.py").write_text(
+        'raise ModuleNotFoundError("torch is blocked: runtime commands must run without it", name="torch")\n')
+
+    def env(base: dict | None = None) -> dict:
+        out = dict(os.environ if base is None else base)
+        out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocker), out.get("PYTHONPATH", "")]))
+        return out
+
+    return env
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
     """metaseg-t exported at 64x128 with logits: a real model, small enough for CI."""
     pytest.importorskip("torch")

@@ -20,12 +20,12 @@ def _table(stdout: str) -> dict[str, list[str]]:
             if line.split() and line.split()[0] in STAGE_ROWS + ("costmap", "end_to_end")}
 
 
-def test_bench_console_script_prints_stage_table_and_writes_chrome_trace(tiny_onnx, tmp_path):
+def test_bench_console_script_prints_stage_table_and_writes_chrome_trace(tiny_onnx, tmp_path, no_torch):
     out = tmp_path / "bench.json"
     exe = Path(sys.executable).with_name("seg-perception")
     proc = subprocess.run([str(exe), "bench", "--model", str(tiny_onnx), "--input-size", "96x160", "--frames", "8",
                            "--warmup", "1", "--threads", "1", "--costmaps", "--trace", str(out)],
-                          capture_output=True, text=True, timeout=120)
+                          env=no_torch(), capture_output=True, text=True, timeout=120)  # runtime: no torch
     assert proc.returncode == 0, proc.stderr
     table = _table(proc.stdout)
     assert set(table) == set(STAGE_ROWS) | {"costmap", "end_to_end"}

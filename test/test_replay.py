@@ -81,14 +81,19 @@ def bag(tmp_path):
     return write_drive_bag(tmp_path / "drive", frames, storage="mcap", rate_hz=20.0)
 
 
+@pytest.fixture
+def replay_env(ros_env, no_torch) -> dict:
+    return no_torch(ros_env)  # a runtime command: it must run without torch
+
+
 def _replay(env: dict, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "seg_perception.cli", "replay", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_replay_preserves_stamps_and_bytes_with_remap_and_clock(ros_env, listener, bag):
+def test_replay_preserves_stamps_and_bytes_with_remap_and_clock(replay_env, listener, bag):
     peer = listener({"/cam": Image, "/camera/camera_info": CameraInfo, "/clock": Clock})
-    proc = _replay(ros_env, str(bag), "--topics", "/camera/image_raw", "/camera/camera_info",
+    proc = _replay(replay_env, str(bag), "--topics", "/camera/image_raw", "/camera/camera_info",
                    "--topic-remap", "/camera/image_raw:=/cam", "--clock", "--wait-subscribers", "20")
     images = peer.wait("/cam", N)
     out, _ = proc.communicate(timeout=60)
@@ -103,9 +108,9 @@ def test_replay_preserves_stamps_and_bytes_with_remap_and_clock(ros_env, listene
     assert clock and clock[-1].clock.sec == START_NS // 10**9
 
 
-def test_replay_loops_until_stopped(ros_env, listener, bag):
+def test_replay_loops_until_stopped(replay_env, listener, bag):
     peer = listener({"/camera/image_raw": Image})
-    proc = _replay(ros_env, str(bag), "--loop", "--rate", "4", "--wait-subscribers", "20")
+    proc = _replay(replay_env, str(bag), "--loop", "--rate", "4", "--wait-subscribers", "20")
     try:
         images = peer.wait("/camera/image_raw", 2 * N + 1)
     finally:
