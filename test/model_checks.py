@@ -8,6 +8,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# ImageNet statistics, 0..255 in RGB order, as in the official configs (mmseg data_preprocessor, detectron2
+# PIXEL_MEAN/STD): written out here rather than read from the code under test, so a wrong value or channel
+# order in what the export bakes in fails the comparison.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+
+
+def normalise(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] RGB -> float32 [N, 3, H, W] normalised with the ImageNet statistics."""
+    mean = torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1)
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() - mean) / std
+
+
 def overfit_steps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
                   lr: float = 1e-3) -> tuple[float, float]:
     """Train `model` (logits at input size) on one fixed batch with AdamW; return (first_loss, last_loss).
@@ -57,8 +71,7 @@ def assert_onnx_matches_torch(model: nn.Module, onnx_path, info, seed: int = 0) 
     image = np.random.default_rng(seed).integers(0, 256, (1, *info.input_size, 3), dtype=np.uint8)
     labels, _, logits = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
         None, {"image": image})
-    mean, std = torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1)
-    x = (torch.from_numpy(image).permute(0, 3, 1, 2).float() - mean) / std
+    x = normalise(image)
     with torch.no_grad():
         want = model(x)[0].numpy()
     np.testing.assert_allclose(logits[0], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())

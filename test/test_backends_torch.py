@@ -7,6 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from model_checks import normalise  # noqa: E402
+
 from seg_perception.backends import BackendError, open_backend  # noqa: E402
 from seg_perception.backends.torch_backend import TorchBackend, parse_spec  # noqa: E402
 from seg_perception.models.registry import build_model  # noqa: E402
@@ -32,7 +34,7 @@ def test_checkpoint_weights_are_used(tmp_path):
     assert isinstance(loaded, TorchBackend) and loaded.info.input_size == SIZE
     got = loaded.infer(image, want_logits=True)
     with torch.inference_mode():
-        x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() - loaded.module.mean) * loaded.module.inv_std
+        x = normalise(image[None])  # the ImageNet statistics, written out in model_checks
         want = model(x)[0].numpy()
     # Same weights (another seed would differ by O(1)); layout changes only the float summation order.
     np.testing.assert_allclose(got.logits, want, rtol=1e-4, atol=1e-4)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_checks import normalise
 
 from seg_perception.models.mask2former_head import (
     EfficientMaskedCrossAttention, Mask2Former, Mask2FormerHead, MaskedCrossAttentionLayer, _sine_position_table)
@@ -238,8 +239,7 @@ def test_export_agrees_with_pytorch(models, name, tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     labels, confidence, scores = sess.run(None, {"image": image})
-    x = (torch.from_numpy(image).permute(0, 3, 1, 2).float() - torch.tensor(info.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(info.std).view(1, 3, 1, 1)
+    x = normalise(image)
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(scores, ref, atol=1e-4, rtol=1e-4)
