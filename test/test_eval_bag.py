@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import cv2
+import hand_metrics
 import numpy as np
 import pytest
 
@@ -36,14 +37,6 @@ def _predictions(model: Path, frames) -> list[np.ndarray]:
         return [pipeline.process(rgb).mask.copy() for rgb, _ in frames]
 
 
-def _confusion(gts, preds) -> np.ndarray:
-    m = np.zeros((19, 19), np.int64)
-    for gt, pred in zip(gts, preds):
-        valid = gt < 19
-        np.add.at(m, (gt[valid], pred[valid]), 1)
-    return m
-
-
 def _eval(bag: Path, out: Path, *extra: str) -> int:
     return main(["eval", "bag", str(bag), "--out", str(out), "--threads", "1", "--quiet", *extra])
 
@@ -59,7 +52,7 @@ def test_bag_scores_equal_node_pipeline(storage, compressed, tiny_onnx, tmp_path
                  str(tiny_onnx)) == 0
     report = json.loads(out.read_text())
     preds = _predictions(tiny_onnx, frames)  # png is lossless: the same pixels reach the model
-    assert np.array_equal(np.asarray(report["confusion_matrix"]), _confusion([g for _, g in frames], preds))
+    assert np.array_equal(np.asarray(report["confusion_matrix"]), hand_metrics.confusion([g for _, g in frames], preds))
     assert report["num_images"] == 4 and report["source"]["unmatched_frames"] == 0
     assert report["iiou"] is None  # no instance ids in a bag
     lat = report["latency_ms"]
