@@ -316,7 +316,7 @@ def test_outputs_carry_the_input_stamp_size_and_geometry_then_bad_input_is_survi
     old = (peer.node.get_clock().now() - Duration(nanoseconds=200_000_000)).to_msg()
     pub.publish(image_msg(rgb, old))
     latency = {kv.key: float(kv.value) for kv in peer.find("/semantic_mask/latency", old).status[0].values}
-    assert 200.0 <= latency["transport_ms"] < 200.0 + 300.0, latency  # + delivery, however loaded the machine
+    assert 200.0 <= latency["transport_ms"] < 800.0, latency  # plus delivery: generous for a loaded machine
     stages = sum(latency.get(f"{stage}_ms", 0.0) for stage in STAGES)
     assert latency["transport_ms"] + latency["inference_ms"] <= stages <= latency["end_to_end_ms"] + 0.01, latency
 
