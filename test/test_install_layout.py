@@ -45,6 +45,9 @@ def test_pip_install_registers_package_with_ament_index(tmp_path):
     assert (share / "launch" / "seg.launch.py").is_file()
     assert (share / "config" / "seg.yaml").is_file()
     assert (share / "config" / "fastdds_shm.xml").is_file()
+    for viewer in ("seg.rviz", "foxglove_layout.json"):
+        assert (share / "config" / viewer).is_file()
+    assert (share / "launch" / "multi_camera.launch.py").is_file()
 
 
 def test_colcon_build_installs_ros_run_layout(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,6 +21,8 @@ from seg_perception.ros.camera_pose import CameraPoseSource, pose_from_transform
 from seg_perception.ros.conversions import CompressedOut  # noqa: E402
 from seg_perception.ros.health import Counts, HealthWindow  # noqa: E402
 from seg_perception.ros.topics import resolve_inputs, sibling  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 # --- topics ----------------------------------------------------------------------------------------
@@ -169,3 +172,49 @@ def test_compressed_outputs_round_trip():
         assert msg.format == f"rgb8; {fmt} compressed bgr8"
         bgr = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_COLOR)
         assert np.abs(bgr[..., ::-1].astype(int) - rgb).max() <= tolerance
+
+
+# --- viewers ---------------------------------------------------------------------------------------
+def _output_topics() -> set[str]:
+    from seg_perception.ros.node import layer_topic
+    from seg_perception.ros.params import PARAMETERS
+
+    images = {"semantic_mask", "semantic_mask/color", "semantic_mask/overlay"}
+    layers = {layer_topic(name) for name in ["", *PARAMETERS["costmap_classes"].default]}
+    return images | {t + "/compressed" for t in images} | layers | {"semantic_mask/latency"}
+
+
+def test_rviz_config_shows_what_the_node_publishes_with_matching_qos():
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "seg.rviz").read_text())
+
+    def displays(items):
+        for item in items:
+            yield from displays(item.get("Displays", []))
+            if "Topic" in item:
+                yield item
+
+    shown = {d["Topic"]["Value"]: d for d in displays(config["Visualization Manager"]["Displays"])}
+    assert {"semantic_mask/overlay", "semantic_costmap", "semantic_costmap/road"} <= set(shown) <= _output_topics()
+    for topic, display in shown.items():
+        if display["Class"] == "rviz_default_plugins/Map":  # a volatile Map display would get nothing
+            assert display["Topic"]["Durability Policy"] == "Transient Local"
+    assert config["Visualization Manager"]["Global Options"]["Fixed Frame"] == "base_link"
+
+
+def test_foxglove_layout_panels_point_at_the_node_topics():
+    import json
+
+    layout = json.loads((REPO / "config" / "foxglove_layout.json").read_text())
+    panels = layout["configById"]
+    topics = {p["imageMode"]["imageTopic"] for k, p in panels.items() if k.startswith("Image!")}
+    topics |= {t for k, p in panels.items() if k.startswith("3D!") for t in p["topics"]}
+    topics |= {p["topicPath"] for k, p in panels.items() if k.startswith("RawMessages!")}
+    assert {t.removeprefix("/") for t in topics} <= _output_topics()
+    assert any(p.get("topicToRender") == "/diagnostics" for p in panels.values())
+
+    def leaves(node):
+        return [node] if isinstance(node, str) else leaves(node["first"]) + leaves(node["second"])
+
+    assert sorted(leaves(layout["layout"])) == sorted(panels)  # every panel is placed, none dangles
