@@ -50,23 +50,24 @@ def wait_for(what: str, check, timeout: float, feed=None):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def latest_status(peer, name: str) -> DiagnosticStatus | None:
-    for msg in reversed(peer.messages("/diagnostics")):
-        for status in msg.status:
-            if status.name == name:
-                return status
-    return None
+def wait_status(peer, name: str, level, text: str, timeout: float = 15.0, feed=None, since: int | None = None
+                ) -> DiagnosticStatus:
+    """The first status `name` at `level` whose message holds `text`, among those received after message `since`
+    (default: from now on, so that an earlier window cannot answer)."""
+    start = len(peer.messages("/diagnostics")) if since is None else since
 
-
-def wait_status(peer, name: str, level, text: str, timeout: float = 15.0, feed=None) -> DiagnosticStatus:
     def check():
-        status = latest_status(peer, name)
-        return status if status is not None and status.level == level and text in status.message else None
+        for msg in peer.messages("/diagnostics")[start:]:
+            for status in msg.status:
+                if status.name == name and status.level == level and text in status.message:
+                    return status
+        return None
 
     try:
         return wait_for(f"{name} at level {level} with '{text}'", check, timeout, feed)
     except AssertionError:
-        raise AssertionError(f"{name} never reached level {level} with '{text}'; last: {latest_status(peer, name)}")
+        seen = [(s.level, s.message) for m in peer.messages("/diagnostics")[start:] for s in m.status if s.name == name]
+        raise AssertionError(f"{name} never reached level {level} with '{text}'; seen: {seen[-5:]}") from None
 
 
 def test_namespaces_remaps_and_per_camera_diagnostics_of_the_current_window(half_road, peer, start_node):
@@ -79,10 +80,10 @@ def test_namespaces_remaps_and_per_camera_diagnostics_of_the_current_window(half
     start_node(params, ("-r", "__ns:=/robot2", "-r", "image_raw:=/cams/front/image_color"), name="robot2")
 
     # Start-up: WARN until the first frame, each under its own fully qualified name.
-    wait_status(peer, STATUS.format("robot1"), DiagnosticStatus.WARN, "waiting for the first frame on /robot1/image_raw",
-                timeout=60)
+    wait_status(peer, STATUS.format("robot1"), DiagnosticStatus.WARN,
+                "waiting for the first frame on /robot1/image_raw", timeout=60, since=0)
     wait_status(peer, STATUS.format("robot2"), DiagnosticStatus.WARN,
-                "waiting for the first frame on /cams/front/image_color", timeout=60)
+                "waiting for the first frame on /cams/front/image_color", timeout=60, since=0)
     graph = peer.node
     for topic in ("/robot1/image_raw", "/robot1/camera_info", "/cams/front/image_color", "/cams/front/camera_info"):
         wait_for(f"a subscriber on {topic}", lambda t=topic: graph.count_subscribers(t) == 1, 10)

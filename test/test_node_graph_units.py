@@ -75,7 +75,8 @@ def test_health_level_describes_the_current_window_not_history():
     s = 1_000_000_000
     window = HealthWindow("/robot1/image_raw", stale_timeout_s=3.0, now_ns=0)
     health = window.report(1 * s, Counts(), None, "")
-    assert health.level == DiagnosticStatus.WARN and "waiting for the first frame on /robot1/image_raw" in health.message
+    assert health.level == DiagnosticStatus.WARN
+    assert "waiting for the first frame on /robot1/image_raw" in health.message
     health = window.report(2 * s, Counts(10, 10), 2 * s, "")
     assert health.level == DiagnosticStatus.OK and health.input_hz == pytest.approx(10.0)
     health = window.report(3 * s, Counts(20, 19, rejected=1), 3 * s, "rejected: empty image")
