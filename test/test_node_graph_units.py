@@ -145,6 +145,7 @@ def test_pose_source_falls_back_or_refuses_by_mode():
     auto, tf = CameraPoseSource("auto", parameters, lookup), CameraPoseSource("tf", parameters, lookup)
     assert auto.pose("cam_optical", stamp).height == pytest.approx(2.0)
     assert auto.pose("other", stamp) == parameters and "other" in auto.last_problem
+    assert auto.pose("cam_optical", stamp).height == pytest.approx(2.0) and auto.last_problem == ""
     assert tf.pose("other", stamp) is None  # no costmap rather than one from a wrong pose
 
 

@@ -61,7 +61,9 @@ class CameraPoseSource:
         if self._lookup is None:
             return self.parameter_pose
         try:
-            return pose_from_transform(self._lookup(frame_id, stamp))
+            pose = pose_from_transform(self._lookup(frame_id, stamp))
+            self.last_problem = ""
+            return pose
         except LookupError as exc:
             self.last_problem = str(exc)
             return self.parameter_pose if self.mode == "auto" else None
