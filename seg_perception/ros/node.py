@@ -216,7 +216,7 @@ class SegNode(Node):
         cam_hw = rgb.shape[:2]
         k_source = self._intrinsics(cam_hw) if (request.costmaps or want_info) else None
         if request.costmaps:
-            request = self._posed(request, msg.header)
+            request = self._pose_for_frame(request, msg.header)
         result = pipeline.process(rgb, request, slot)
 
         t_pub = _NOW()
@@ -247,7 +247,7 @@ class SegNode(Node):
         if want_latency:
             self.pub_latency.publish(self._latency_msg(header, slot, result.inference_ms))
 
-    def _posed(self, request: OutputRequest, header) -> OutputRequest:
+    def _pose_for_frame(self, request: OutputRequest, header) -> OutputRequest:
         """Set the projector's camera pose for this frame; without one (TF chosen but unknown) skip the costmaps."""
         pose = self.pose_source.pose(header.frame_id, header.stamp)
         if pose is None:
