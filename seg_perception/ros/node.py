@@ -310,7 +310,11 @@ class SegNode(Node):
         array.status = [DiagnosticStatus(level=health.level, name=status_name(self.get_fully_qualified_name()),
                                          message=health.message, hardware_id=self._camera_frame,
                                          values=conv.key_values(values))]
-        self.pub_diag.publish(array)
+        try:
+            self.pub_diag.publish(array)
+        except Exception:  # rclpy's RCLError: SIGINT/SIGTERM shut the context down while this timer ran
+            if self.context.ok():
+                raise
 
     # --- shutdown ---------------------------------------------------------------------------------
     def close(self) -> None:
