@@ -74,9 +74,8 @@ def run(args: argparse.Namespace) -> int:
             tracer.commit(slot)
         wall = time.perf_counter() - t0
 
-        providers = getattr(backend, "providers", None)  # ONNX Runtime's execution providers
-        print(f"model {info.name} ({info.input_size[0]}x{info.input_size[1]}) on {backend.name}"
-              f"{f' {providers}' if providers else ''}; camera {cam_h}x{cam_w} {args.encoding}, "
+        print(f"model {info.name} ({info.input_size[0]}x{info.input_size[1]}) on {backend.describe()}; "
+              f"camera {cam_h}x{cam_w} {args.encoding}, "
               f"output at {args.output_resolution} resolution")
         print(format_table(tracer.summary(), title=f"{args.frames} frames after {args.warmup} warm-up"))
         print(f"throughput {args.frames / wall:.2f} frames/s (one frame at a time)")
