@@ -21,6 +21,17 @@ _NUMPY_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor
                  "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
+def provider_names(providers: str | list[str]) -> list[str]:
+    """'tensorrt, cuda' or a list of short or full names -> full ORT provider names; ValueError for others."""
+    names = [p.strip() for p in providers.split(",")] if isinstance(providers, str) else list(providers)
+    names = [PROVIDER_NAMES.get(n.lower(), n) for n in names if n]
+    unknown = [n for n in names if not n.endswith("ExecutionProvider")]
+    if unknown:
+        raise ValueError(f"unknown ONNX Runtime provider(s) {unknown}: use {', '.join(PROVIDER_NAMES)} or full "
+                         "names such as CUDAExecutionProvider")
+    return names
+
+
 def choose_providers(device: str = "auto", providers: str | list[str] = "",
                      available: list[str] | None = None) -> list[str]:
     """ONNX Runtime execution providers, in preference order, for `device` or an explicit `providers` list.
@@ -34,13 +45,8 @@ def choose_providers(device: str = "auto", providers: str | list[str] = "",
 
     available = ort.get_available_providers() if available is None else available
     dev = parse_device(device)
-    names = [p.strip() for p in providers.split(",")] if isinstance(providers, str) else list(providers)
-    names = [PROVIDER_NAMES.get(n.lower(), n) for n in names if n]
+    names = provider_names(providers)
     if names:
-        unknown = [n for n in names if not n.endswith("ExecutionProvider")]
-        if unknown:
-            raise ValueError(f"unknown ONNX Runtime provider(s) {unknown}: use {', '.join(PROVIDER_NAMES)} or "
-                             "full names such as CUDAExecutionProvider")
         missing = [n for n in names if n not in available]
         if missing:
             raise BackendError(f"ONNX Runtime {ort.__version__} here lacks {missing} (available: {available}); "

@@ -85,6 +85,8 @@ class TorchBackend(Backend):
         self.module = module
         h, w = info.input_size
         self._input = torch.empty((1, h, w, 3), dtype=torch.uint8, device=self.device)
+        if not cuda:  # frames are copied in through numpy: read-only message buffers need no torch view
+            self._input_np = self._input.numpy()[0]
         self._device_ms: float | None = None
         self._graph = None
         if not cuda:
@@ -182,7 +184,7 @@ class TorchBackend(Backend):
                                 logits=host["logits"] if want_logits else None)
 
     def _infer_cpu(self, image: np.ndarray, want_logits: bool) -> InferenceOutputs:
-        self._input.copy_(self.torch.from_numpy(image)[None])
+        self._input_np[...] = image
         labels, conf, logits = self._forward()
         # .numpy() on CPU tensors is a view: no copy
         return InferenceOutputs(labels=labels[0].numpy(), confidence=conf[0].numpy(),

@@ -14,6 +14,7 @@ from rclpy.node import Node
 
 from seg_perception.backends import BACKENDS, backend_for
 from seg_perception.backends.device import parse_device
+from seg_perception.backends.onnxruntime_backend import provider_names
 from seg_perception.backends.torch_backend import PRECISIONS
 from seg_perception.core.costmap import CameraPose, GridSpec
 
@@ -230,9 +231,10 @@ def check(name: str, value: object) -> None:
         raise ParameterError(name, f"'{value}' is not one of {', '.join(spec.choices)}")
     if name == "input_topic" and not value:
         raise ParameterError(name, "must not be empty")
-    if name == "device":
+    validate = {"device": parse_device, "providers": provider_names}.get(name)
+    if validate is not None:
         try:
-            parse_device(value)
+            validate(value)
         except ValueError as exc:
             raise ParameterError(name, str(exc)) from None
 
