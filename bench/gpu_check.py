@@ -233,7 +233,7 @@ def check_pipeline(torch, device, args) -> dict:
                 "note": note or "no DDS: decode -> publish-ready outputs, as seg_node's worker runs them"}
 
 
-def environment(torch, args) -> dict:
+def environment(torch, device, args) -> dict:
     import onnxruntime
 
     import seg_perception
@@ -241,9 +241,9 @@ def environment(torch, args) -> dict:
     env = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
            "torch_cuda": torch.version.cuda, "onnxruntime": onnxruntime.__version__,
            "onnxruntime_providers": onnxruntime.get_available_providers(), "cpu_count": os.cpu_count(),
-           "seg_perception": str(Path(seg_perception.__file__).parent), "device": args.device}
-    if args.device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(torch.device(args.device))
+           "seg_perception": str(Path(seg_perception.__file__).parent), "device": str(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
                    gpu_memory_gib=props.total_memory / 2 ** 30, cudnn=torch.backends.cudnn.version())
     else:
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = {**measured, "given_tflops": args.peak_tflops, "used_tflops": args.peak_tflops or measured["tflops"]}
     result = {"schema": 1, "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "environment": environment(torch, args), "peak": peak,
+              "environment": environment(torch, device, args), "peak": peak,
               "settings": {k: v for k, v in vars(args).items() if k != "out"}, "models": [], "pipeline": None,
               "complete": False}
     print(f"gpu_check on {result['environment'].get('gpu') or 'cpu'}: peak {peak['tflops']:.1f} TFLOP/s "

@@ -47,7 +47,7 @@ def absent_modules() -> set[str]:
         name = re.sub(r"[-_.]+", "-", dist.metadata["Name"].lower())
         if name.startswith("ros-") or name in NOT_ON_A_GPU_MACHINE:
             names.update(f.parts[0].removesuffix(".py") for f in dist.files or [] if len(f.parts) > 1
-                         and f.parts[0] not in ("..", "bin") and not f.parts[0].endswith((".dist-info", ".egg-info", ".data")))
+                         and f.parts[0] not in ("..", "bin") and ".dist-info" not in f.parts[0])
     return names
 
 
