@@ -85,11 +85,10 @@ class TorchBackend(Backend):
         self.module = module
         h, w = info.input_size
         self._input = torch.empty((1, h, w, 3), dtype=torch.uint8, device=self.device)
+        self._device_ms: float | None = None
+        self._graph = self._graph_outputs = None
         if not cuda:  # frames are copied in through numpy: read-only message buffers need no torch view
             self._input_np = self._input.numpy()[0]
-        self._device_ms: float | None = None
-        self._graph = None
-        if not cuda:
             return
         self._stream = torch.cuda.Stream(self.device)
         self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -197,4 +196,5 @@ class TorchBackend(Backend):
         return self._device_ms
 
     def close(self) -> None:
-        self.module = self._graph = None
+        """Release the model, the graph and its memory pool (the outputs keep the pool alive) and the input."""
+        self.module = self._graph = self._graph_outputs = self._input = None
