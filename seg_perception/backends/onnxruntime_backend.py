@@ -92,8 +92,9 @@ class OnnxRuntimeBackend(Backend):
         if not Path(self.path).is_file():
             raise BackendError(f"ONNX file not found: {self.path}")
         chosen = choose_providers(device, providers)
-        gpu = {"device_id": parse_device(device).gpu_index}
-        providers = [(p, gpu) if p in GPU_PROVIDERS else p for p in chosen]
+        dev = parse_device(device)
+        asked_for_gpu = dev.kind == "cuda" or bool(provider_names(providers))
+        gpu = {"device_id": dev.gpu_index}
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -101,7 +102,8 @@ class OnnxRuntimeBackend(Backend):
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=[
+                (p, gpu) if p in GPU_PROVIDERS else p for p in chosen])
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise BackendError(f"cannot load ONNX model {self.path}: {exc}") from exc
         try:
@@ -109,6 +111,10 @@ class OnnxRuntimeBackend(Backend):
         except ValueError as exc:
             raise BackendError(f"{self.path}: {exc}") from exc
         self.providers = self.session.get_providers()
+        failed = [p for p in chosen if p not in self.providers]
+        if failed and asked_for_gpu:  # ORT falls back to the CPU when a provider cannot start (no CUDA libraries)
+            raise BackendError(f"ONNX Runtime could not start {failed} for {self.path} (its log says why); running "
+                               f"on {self.providers} instead was not asked for")
         self._check_signature()
         h, w = self.info.input_size
         self._buffers = {o.name: np.empty(self._output_shape(o.name, o.shape, h, w), _NUMPY_DTYPES[o.type])
