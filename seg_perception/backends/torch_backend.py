@@ -99,6 +99,8 @@ class TorchBackend(Backend):
                       "confidence": torch.empty((h, w), dtype=torch.uint8, **pinned),
                       "logits": torch.empty((info.num_classes, h, w), dtype=torch.float32, **pinned)}
         self._host_np = {k: v.numpy() for k, v in self._host.items()}
+        # the weights were copied on the current stream; ours must not read them before that is done
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
         if cuda_graphs:
             self._capture()
 
