@@ -27,6 +27,7 @@ import numpy as np
 
 from seg_perception.core.trace import END_TO_END, STAGES, TRANSPORT, StageSummary
 from seg_perception.deploy.export import parse_hw
+from seg_perception.errors import UsageError
 
 IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/camera_info", "/camera/semantic_gt"
 MASK_TOPIC, OVERLAY_TOPIC, COSTMAP_TOPIC = "/semantic_mask", "/semantic_mask/overlay", "/semantic_costmap"
@@ -316,6 +317,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__})
+    if cfg.frames < 1 or cfg.rate <= 0 or cfg.streets < 1 or cfg.overlays < 0 or cfg.threads < 0:
+        raise UsageError("--frames and --streets must be >= 1, --rate > 0, --overlays and --threads >= 0")
     try:
         run_demo(cfg)
     except RuntimeError as exc:

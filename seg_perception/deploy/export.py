@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from seg_perception.backends.base import ModelInfo
+from seg_perception.errors import OptionError
 
 OPSET = 17
 
@@ -171,7 +172,7 @@ def export_zoo(name: str, input_size: tuple[int, int], out: str | Path, checkpoi
 
     family = get_variant(name).family
     if dynamic and family not in DYNAMIC_FAMILIES:
-        raise ValueError(f"--dynamic is not supported for {name}: a {family} graph fixes size-dependent tables "
+        raise OptionError(f"--dynamic is not supported for {name}: a {family} graph fixes size-dependent tables "
                          f"when exported; export one file per input size (supported: {sorted(DYNAMIC_FAMILIES)})")
     model = build_model(name)
     if checkpoint:
@@ -186,6 +187,8 @@ def parse_hw(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW such as 512x1024, got '{text}'") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive HxW such as 512x1024, got '{text}'")
     return h, w
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from seg_perception.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -152,11 +154,18 @@ register(Variant(
 ))
 
 
+class UnknownModelError(UsageError, KeyError):
+    """A zoo name that is not registered; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise KeyError(f"unknown model '{name}'; known: {', '.join(sorted(VARIANTS))}") from None
+        raise UnknownModelError(f"unknown model '{name}'; known: {', '.join(sorted(VARIANTS))}") from None
 
 
 def _resolve(path: str):
