@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(tracer.summary(), title=f"{args.frames} frames after {args.warmup} warm-up"))
         print(f"throughput {args.frames / wall:.2f} frames/s (one frame at a time)")
         if args.trace:
-            print(f"trace written to {write_trace(tracer, args.trace)}")
+            title = f"seg-perception bench, model {info.name} on {backend.name}, camera {cam_h}x{cam_w}"
+            print(f"trace written to {write_trace(tracer, args.trace, title=title)}")
     return 0
 
 

@@ -150,7 +150,7 @@ def _bag(args: argparse.Namespace) -> int:
     if args.trace:
         from seg_perception.core.trace_export import write_trace
 
-        write_trace(result.tracer, args.trace)
+        write_trace(result.tracer, args.trace, title=f"eval bag {args.bag}, model {result.model_info.name}")
     source = {"dataset": "bag", "bag": str(args.bag), "image_topic": args.image_topic,
               "gt": args.gt_topic or str(args.gt_dir), "num_frames": result.num_frames,
               "unmatched_frames": result.unmatched_frames, "unmatched_gt": result.unmatched_gt,
