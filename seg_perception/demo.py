@@ -329,6 +329,10 @@ def run(args) -> int:
     cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__})
     if cfg.frames < 1 or cfg.rate <= 0 or cfg.streets < 1 or cfg.overlays < 0 or cfg.threads < 0:
         raise UsageError("--frames and --streets must be >= 1, --rate > 0, --overlays and --threads >= 0")
+    from seg_perception.backends import resolve_model
+
+    if not Path(resolve_model(cfg.model)).is_file():  # said before the drive is rendered
+        raise UsageError(f"model file not found: {resolve_model(cfg.model)}")
     try:
         run_demo(cfg)
     except RuntimeError as exc:

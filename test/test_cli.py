@@ -46,6 +46,7 @@ USAGE_MISTAKES = {
     "export --dynamic, fixed-size family": (["export", "segman-t", "--dynamic", "--out", "{tmp}/m.onnx"],
                                             "--dynamic is not supported for segman-t"),
     "demo, no frames": (["demo", "--frames", "0", "--out", "{tmp}/demo"], "--frames"),
+    "demo, missing model": (["demo", "--model", "{tmp}/none.onnx", "--out", "{tmp}/demo"], "none.onnx"),
 }
 
 
