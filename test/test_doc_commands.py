@@ -1,6 +1,7 @@
 """Every command the README and docs/ show still parses: each `seg-perception` subcommand exists and has every
-flag named after it, each `seg_node -p NAME:=` is a parameter, each `ros2 launch ... NAME:=` a launch argument,
-each `make TARGET` a Makefile target. The parsers come from the CLI itself, so the check follows it as it grows."""
+flag named after it, each `seg_node -p NAME:=` is a parameter, each `ros2 launch PKG FILE NAME:=` an argument of
+launch/FILE, each `make TARGET` a Makefile target. The parsers come from the code itself (the CLI's own argparse
+tree, params.py, the launch files), so the check follows them as they grow."""
 
 from __future__ import annotations
 
@@ -78,15 +79,21 @@ def check_cli(words: list[str]) -> str | None:
     return None
 
 
-def launch_arguments() -> set[str]:
-    tree = ast.parse((REPO / "launch" / "seg.launch.py").read_text())
+def launch_arguments(launch_file: str) -> set[str]:
+    """The arguments `launch/<launch_file>` declares: literal DeclareLaunchArgument names, the keys of its
+    module-level tables of arguments, and those of the launch files it includes (named as *.launch.py)."""
+    tree = ast.parse((REPO / "launch" / launch_file).read_text())
     names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+            names |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "OVERRIDES" for t in node.targets):
-            names |= {k.value for k in node.value.keys}
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument" and \
                 isinstance(node.args[0], ast.Constant):
             names.add(node.args[0].value)
+        if isinstance(node, ast.Constant) and str(node.value).endswith(".launch.py") and \
+                node.value != launch_file and (REPO / "launch" / node.value).is_file():
+            names |= launch_arguments(node.value)
     return names
 
 
@@ -107,11 +114,16 @@ def problems_in(text: str) -> list[tuple[int, str, str]]:
         head = Path(words[0]).name if words else ""
         if head == "seg-perception":
             problem = check_cli(words[1:])
-        elif head == "seg_node" or words[:2] == ["ros2", "launch"]:
-            known, kind = (node_parameters(), "parameter") if head == "seg_node" else (launch_arguments(),
-                                                                                        "launch argument")
-            named = [w.split(":=")[0] for w in words if ":=" in w and not w.startswith("/")]
-            problem = next((f"unknown {kind} {n}" for n in named if n not in known), None)
+        elif head == "seg_node":  # -p NAME:=VALUE (not -r remaps)
+            named = [w.split(":=")[0] for flag, w in zip(words, words[1:]) if flag == "-p" and ":=" in w]
+            problem = next((f"unknown parameter {n}" for n in named if n not in node_parameters()), None)
+        elif words[:2] == ["ros2", "launch"] and len(words) > 3:
+            if not (REPO / "launch" / words[3]).is_file():
+                problem = f"no launch file launch/{words[3]}"
+            else:
+                named = [w.split(":=")[0] for w in words[4:] if ":=" in w and not w.startswith("/")]
+                problem = next((f"unknown launch argument {n}" for n in named
+                                if n not in launch_arguments(words[3])), None)
         elif head == "make":
             problem = next((f"no Makefile target {w}" for w in words[1:]
                             if not w.startswith("-") and "=" not in w and w not in make_targets()), None)
@@ -135,6 +147,7 @@ def test_the_checker_catches_stale_commands():
             "Run `seg-perception frobnicate --x` or `seg-perception eval cityscapes --root r --wrokers 2`,\n"
             "`cd ws && ros2 launch seg_perception seg.launch.py modell:=m.onnx`, `seg_node --ros-args -p thread:=2`,\n"
             "`make demoo` or `python bench/bench_nothing.py`; fine: `seg-perception --version`, `make demo`,\n"
+            "`seg_node --ros-args -r __ns:=/front -r image_raw:=/cam/image -p threads:=2`,\n"
             "`ros2 launch seg_perception seg.launch.py model:=m.onnx namespace:=front`, `seg-perception COMMAND -h`.\n")
     assert [(line, problem) for line, _, problem in problems_in(text)] == [
         (2, "'seg-perception export' has no option --no-such-flag"),
