@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from seg_perception.errors import OptionError
+
 _PATTERN = re.compile(r"(auto|cpu|cuda)(?::(\d+))?")
 
 
@@ -27,8 +29,8 @@ class Device:
 
 
 def parse_device(text: str) -> Device:
-    """'auto' (a GPU when the backend has one, else the CPU), 'cpu', 'cuda' or 'cuda:N'; ValueError otherwise."""
+    """'auto' (a GPU when the backend has one, else the CPU), 'cpu', 'cuda' or 'cuda:N'; OptionError otherwise."""
     match = _PATTERN.fullmatch(text.strip().lower()) if isinstance(text, str) else None
     if not match or (match.group(2) is not None and match.group(1) != "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{text}'")
+        raise OptionError(f"device must be auto, cpu, cuda or cuda:N, got '{text}'")
     return Device(match.group(1), None if match.group(2) is None else int(match.group(2)))

@@ -12,6 +12,7 @@ import numpy as np
 
 from seg_perception.backends.base import Backend, BackendError, InferenceOutputs, ModelInfo
 from seg_perception.backends.device import parse_device
+from seg_perception.errors import OptionError
 
 # Short provider names users may type, and the GPU providers `device` auto/cuda picks, in preference order.
 PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -22,12 +23,12 @@ _NUMPY_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor
 
 
 def provider_names(providers: str | list[str]) -> list[str]:
-    """'tensorrt, cuda' or a list of short or full names -> full ORT provider names; ValueError for others."""
+    """'tensorrt, cuda' or a list of short or full names -> full ORT provider names; OptionError for others."""
     names = [p.strip() for p in providers.split(",")] if isinstance(providers, str) else list(providers)
     names = [PROVIDER_NAMES.get(n.lower(), n) for n in names if n]
     unknown = [n for n in names if not n.endswith("ExecutionProvider")]
     if unknown:
-        raise ValueError(f"unknown ONNX Runtime provider(s) {unknown}: use {', '.join(PROVIDER_NAMES)} or full "
+        raise OptionError(f"unknown ONNX Runtime provider(s) {unknown}: use {', '.join(PROVIDER_NAMES)} or full "
                          "names such as CUDAExecutionProvider")
     return names
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from seg_perception.backends.base import Backend, BackendError, InferenceOutputs, ModelInfo
 from seg_perception.backends.device import parse_device
+from seg_perception.errors import OptionError
 
 PRECISIONS = ("fp32", "fp16")
 _GRAPH_WARMUP = 3  # eager runs on the capture stream before capture, as torch.cuda.graph's docs ask
@@ -37,7 +38,7 @@ def torch_device(device: str, precision: str = "fp32", cuda_graphs: bool = False
     import torch
 
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     dev = parse_device(device)
     available = torch.cuda.is_available()
     if dev.kind == "auto":
@@ -52,10 +53,10 @@ def torch_device(device: str, precision: str = "fp32", cuda_graphs: bool = False
                                "device(s)")
         return f"cuda:{dev.gpu_index}"
     if precision == "fp16":
-        raise ValueError(f"precision fp16 needs a CUDA device (device '{device}' runs on the CPU, where "
+        raise OptionError(f"precision fp16 needs a CUDA device (device '{device}' runs on the CPU, where "
                          "half-precision kernels are slow or missing)")
     if cuda_graphs:
-        raise ValueError(f"cuda_graphs needs a CUDA device (device '{device}' runs on the CPU)")
+        raise OptionError(f"cuda_graphs needs a CUDA device (device '{device}' runs on the CPU)")
     return "cpu"
 
 

@@ -23,6 +23,7 @@ from seg_perception.core.costmap import CameraPose, GridSpec, GroundProjector
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.core.trace_export import format_table, write_trace
 from seg_perception.deploy.export import parse_hw
+from seg_perception.progress import progress_bar
 
 ENCODINGS = ("rgb8", "bgr8", "jpeg")
 _DISTINCT_FRAMES = 4  # cycled, so the loop itself allocates nothing
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(tracer.summary(), title=f"{args.frames} frames after {args.warmup} warm-up"))
         print(f"throughput {args.frames / wall:.2f} frames/s (one frame at a time)")
         if args.trace:
-            print(f"trace written to {write_trace(tracer, args.trace)}")
+            title = f"seg-perception bench, model {info.name} on {backend.describe()}, camera {cam_h}x{cam_w}"
+            print(f"trace written to {write_trace(tracer, args.trace, title=title)}")
     return 0
 
 
@@ -80,14 +82,18 @@ def measure(backend, cam_hw: tuple[int, int], frames: int, warmup: int, encoding
     request = OutputRequest(mask=True, confidence=True, color=True, costmaps=costmaps)
     data = camera_frames(*cam_hw, encoding)
     decode = frame_decoder(pipeline, encoding, *cam_hw)
-    for i in range(warmup):
-        pipeline.process(decode(data[i % len(data)], -1), request)
-    t0 = time.perf_counter()
-    for i in range(frames):
-        slot = tracer.begin()
-        pipeline.process(decode(data[i % len(data)], slot), request, slot)
-        tracer.commit(slot)
-    return tracer, time.perf_counter() - t0
+    with progress_bar(warmup + frames, "frame") as bar:  # drawn only on a terminal
+        for i in range(warmup):
+            pipeline.process(decode(data[i % len(data)], -1), request)
+            bar.update()
+        t0 = time.perf_counter()
+        for i in range(frames):
+            slot = tracer.begin()
+            pipeline.process(decode(data[i % len(data)], slot), request, slot)
+            tracer.commit(slot)
+            bar.update()
+        wall = time.perf_counter() - t0
+    return tracer, wall
 
 
 def _fail(message: str) -> int:

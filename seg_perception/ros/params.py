@@ -17,12 +17,13 @@ from seg_perception.backends.device import parse_device
 from seg_perception.backends.onnxruntime_backend import provider_names
 from seg_perception.backends.torch_backend import PRECISIONS
 from seg_perception.core.costmap import CameraPose, GridSpec
+from seg_perception.errors import UsageError
 
 INPUT_QOS = ("sensor_data", "best_effort", "reliable")
 OUTPUT_QOS = ("reliable", "best_effort")
 
 
-class ParameterError(ValueError):
+class ParameterError(UsageError, ValueError):
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"parameter '{name}': {problem}")
         self.name = name
