@@ -1,0 +1,340 @@
+"""Label image + registered depth image -> ground grids and a labelled point cloud, ROS-free.
+
+Every labelled pixel is back-projected through the intrinsics to its depth and moved into the grid frame by the
+camera pose. A point of an obstacle class between min and max obstacle height marks its cell with the class's
+cost; a point of a ground class within min_obstacle_height of the ground marks its cell with the ground cost.
+Cells the rays cross on their way to a kept point are known free: per bearing from the camera, from the nearest
+ground the image can show out to the farthest kept point (a polar sweep, not a walk along every ray).
+Depth 0, NaN and inf are "no return". Pixel rays, bearings and the grid's polar table are cached per
+(intrinsics, pose, sizes), so a frame costs a few passes over the samples into reused buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from seg_perception.core.costmap import (FREE, UNKNOWN, CameraPose, GridSpec, GroundProjector,
+                                         rotation_grid_from_optical)
+from seg_perception.labels import IGNORE_ID
+
+# sensor_msgs/image_encodings names of depth images -> (little-endian sample type, metres per unit)
+DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("<u2", 0.001), "32FC1": ("<f4", 1.0)}
+# A labelled point as sensor_msgs/PointCloud2 lays it out: x, y, z float32, label, confidence uint8, 16 bytes.
+POINT_DTYPE = np.dtype({"names": ["x", "y", "z", "label", "confidence"],
+                        "formats": ["<f4", "<f4", "<f4", "u1", "u1"], "offsets": [0, 4, 8, 12, 13],
+                        "itemsize": 16})
+
+
+class DepthError(ValueError):
+    """The depth image cannot be used for this frame; the text says why, in one line."""
+
+
+@dataclass(frozen=True)
+class DepthSpec:
+    """Which points mark cells: obstacle classes in a height band, ground classes near the ground (metres)."""
+
+    min_obstacle_height: float = 0.1
+    max_obstacle_height: float = 2.0
+    ground_classes: tuple[str, ...] = ("road", "sidewalk", "terrain")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_obstacle_height < self.max_obstacle_height:
+            raise ValueError(f"need 0 <= min_obstacle_height < max_obstacle_height, got "
+                             f"{self.min_obstacle_height}, {self.max_obstacle_height}")
+
+
+class DepthDecoder:
+    """Depth image message fields -> float32 metres [h, w]: a view of 32FC1 data, 16UC1 millimetres converted
+    into a buffer reused across frames of one size."""
+
+    def __init__(self) -> None:
+        self._metres = np.empty((0, 0), np.float32)
+
+    def decode(self, data, encoding: str, height: int, width: int, step: int, is_bigendian: int = 0) -> np.ndarray:
+        spec = DEPTH_ENCODINGS.get(encoding)
+        if spec is None:
+            raise DepthError(f"depth encoding '{encoding}' is not one of {', '.join(DEPTH_ENCODINGS)}")
+        if height <= 0 or width <= 0:
+            raise DepthError(f"empty depth image: {width}x{height}")
+        dtype = np.dtype(spec[0]).newbyteorder(">" if is_bigendian else "<")
+        if step < width * dtype.itemsize:
+            raise DepthError(f"depth step {step} is smaller than width*{dtype.itemsize} = {width * dtype.itemsize}")
+        buf = np.frombuffer(data, np.uint8)
+        if buf.size != step * height:
+            raise DepthError(f"depth data holds {buf.size} bytes, expected step*height = {step * height}")
+        values = buf.reshape(height, step)[:, : width * dtype.itemsize].view(dtype)
+        if spec[1] == 1.0 and dtype == np.float32:
+            return values
+        if self._metres.shape != (height, width):
+            self._metres = np.empty((height, width), np.float32)
+        np.multiply(values, np.float32(spec[1]), out=self._metres, casting="unsafe")
+        return self._metres
+
+
+def check_registered(camera_hw: tuple[int, int], depth_hw: tuple[int, int]) -> None:
+    """Refuse a depth image that is not the colour image's view at some resolution (1 % aspect tolerance)."""
+    sy, sx = depth_hw[0] / camera_hw[0], depth_hw[1] / camera_hw[1]
+    if abs(sy - sx) > 0.01 * max(sy, sx):
+        raise DepthError(f"depth image {depth_hw[1]}x{depth_hw[0]} has another aspect ratio than the "
+                         f"{camera_hw[1]}x{camera_hw[0]} colour image: it is not registered to it")
+
+
+class _Samples:
+    """Pixels of a label grid (every `stride`-th) with the depth pixel each reads and that depth pixel's ray.
+
+    The depth pixel is the one nearest the label pixel's centre; its ray (optical frame, z = 1) goes through its
+    own centre, so a correct depth gives an exact point wherever the label is right."""
+
+    def __init__(self, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
+                 labels_hw: tuple[int, int], depth_hw: tuple[int, int], stride: int) -> None:
+        check_registered(camera_hw, depth_hw)
+        (ch, cw), (lh, lw), (dh, dw) = camera_hw, labels_hw, depth_hw
+        rows, cols = np.arange(0, lh, stride), np.arange(0, lw, stride)
+        self.shape = (rows.size, cols.size)
+        self.label_index = (rows[:, None] * lw + cols[None, :]).ravel().astype(np.intp)
+        self.label_row = np.repeat(rows, cols.size)
+        # label pixel centre -> nearest depth pixel (pixel centres at integer coordinates)
+        drow = np.clip(np.round((rows + 0.5) * dh / lh - 0.5), 0, dh - 1).astype(np.intp)
+        dcol = np.clip(np.round((cols + 0.5) * dw / lw - 0.5), 0, dw - 1).astype(np.intp)
+        self.depth_index = (drow[:, None] * dw + dcol[None, :]).ravel()
+        # intrinsics of the depth image: K scaled from the size it was calibrated at
+        sx, sy = dw / k_hw[1], dh / k_hw[0]
+        fx, fy = k[0, 0] * sx, k[1, 1] * sy
+        cx, cy = (k[0, 2] + 0.5) * sx - 0.5, (k[1, 2] + 0.5) * sy - 0.5
+        ray_x = ((dcol - cx) / fx).astype(np.float32)
+        ray_y = ((drow - cy) / fy).astype(np.float32)
+        self.ray = np.stack([np.tile(ray_x, rows.size), np.repeat(ray_y, cols.size),
+                             np.ones(rows.size * cols.size, np.float32)])  # [3, n]
+        self.fx_labels = fx * lw / dw  # focal length in label pixels: the angular spacing of the samples
+
+    @property
+    def size(self) -> int:
+        return self.label_index.size
+
+
+class _SweepTable:
+    """Grid-frame geometry of the samples and the polar table of the grid, for one pose."""
+
+    def __init__(self, samples: _Samples, grid: GridSpec, pose: CameraPose, allowed: np.ndarray) -> None:
+        self.direction = (rotation_grid_from_optical(pose) @ samples.ray).astype(np.float32)  # [3, n] per metre
+        self.origin = np.float32([pose.x, pose.y, pose.height])
+        dx, dy, dz = self.direction
+        self.reach_per_metre = np.hypot(dx, dy)  # horizontal distance travelled per metre of depth
+        far = max(math.hypot(x - pose.x, y - pose.y) for x in (grid.origin_x, grid.origin_x + grid.size_x)
+                  for y in (grid.origin_y, grid.origin_y + grid.size_y))
+        # bins no narrower than a cell at the far corner, and wide enough to hold a sample column
+        width = max(grid.resolution / max(far, grid.resolution), 1.5 / max(samples.fx_labels, 1e-6))
+        self.bins = int(math.ceil(2 * math.pi / width))
+        self.sample_bin = self._bin(np.arctan2(dy, dx))
+        # the nearest ground each bearing can show: rays that point down meet z = 0 at this horizontal range
+        down = (dz < -1e-6) & allowed
+        ground_reach = np.full(dz.shape, np.inf, np.float32)
+        ground_reach[down] = pose.height / -dz[down] * self.reach_per_metre[down]
+        near = np.full(self.bins, np.inf, np.float32)
+        np.minimum.at(near, self.sample_bin, ground_reach)
+        xs, ys = grid.cell_centres()
+        rel_x, rel_y = (xs - pose.x).ravel(), (ys - pose.y).ravel()
+        self.cell_bin = self._bin(np.arctan2(rel_y, rel_x))
+        self.cell_range = np.hypot(rel_x, rel_y).astype(np.float32)
+        self.cell_near = near[self.cell_bin]
+
+    def _bin(self, angle: np.ndarray) -> np.ndarray:
+        return np.minimum(((angle + math.pi) * (self.bins / (2 * math.pi))).astype(np.intp), self.bins - 1)
+
+
+class DepthProjector(GroundProjector):
+    """A GroundProjector that can also project with a registered depth image (`project_depth`) and build the
+    labelled point cloud (`points`). Depth layers live in their own reused buffers, keyed like `project`'s."""
+
+    def __init__(self, grid: GridSpec, pose: CameraPose, class_names: tuple[str, ...] | list[str],
+                 costs: dict[str, int], default_cost: int = 0, layers: tuple[str, ...] | list[str] = (),
+                 depth: DepthSpec = DepthSpec()) -> None:
+        super().__init__(grid, pose, class_names, costs, default_cost, layers)
+        unknown = sorted(set(depth.ground_classes) - set(class_names))
+        if unknown:
+            raise ValueError(f"unknown ground class(es) {unknown}; the model's classes are {list(class_names)}")
+        self.depth = depth
+        self._ground = np.zeros(256, bool)
+        self._ground[[list(class_names).index(n) for n in depth.ground_classes]] = True
+        self._obstacle = np.zeros(256, bool)
+        self._obstacle[: len(class_names)] = ~self._ground[: len(class_names)]
+        self._obstacle[IGNORE_ID] = False
+        n_cells = grid.height * grid.width
+        # one extra cell at the end takes every sample that marks nothing, so marking needs no compaction
+        self._depth_flat = {name: np.full(n_cells + 1, UNKNOWN, np.int8) for name in self._luts}
+        self._depth_grids = {name: flat[:n_cells].reshape(grid.height, grid.width)
+                             for name, flat in self._depth_flat.items()}
+        self._sweep_key: tuple | None = None
+        self._cloud_key: tuple | None = None
+        self.points_used = 0  # samples that marked a cell in the latest project_depth
+
+    # --- costmaps ------------------------------------------------------------------------------
+    def project_depth(self, labels: np.ndarray, camera_hw: tuple[int, int],
+                      depth: np.ndarray | None) -> dict[str, np.ndarray]:
+        """labels: uint8 [h, w] over the camera image of size camera_hw; depth: float32 metres registered to
+        the colour image (any size of the same aspect ratio), or None: every layer unknown for this frame.
+        Raises DepthError for a depth image that does not fit the colour image."""
+        intrinsics = self._intrinsics
+        if intrinsics is None:
+            return {}
+        self.points_used = 0
+        if depth is None:
+            for flat in self._depth_flat.values():
+                flat.fill(UNKNOWN)
+            return self._depth_grids
+        sweep = self._ensure_sweep(intrinsics, tuple(camera_hw), labels.shape, depth.shape)
+        b = self._buffers
+        grid, spec = self.grid, self.depth
+        n_cells = grid.height * grid.width
+        d, gx, gy, gz, tmp = b["d"], b["gx"], b["gy"], b["gz"], b["tmp"]
+        keep, mark, other = b["keep"], b["mark"], b["other"]
+        np.take(depth.reshape(-1), self._samples.depth_index, out=d)
+        with np.errstate(invalid="ignore"):
+            np.greater(d, 0, out=keep)  # NaN compares False
+            np.less(d, np.inf, out=mark)
+        keep &= mark
+        keep &= b["allowed"]
+        np.logical_not(keep, out=mark)
+        np.copyto(d, 0, where=mark)  # no return: a harmless 0 from here on
+        for out, axis in ((gx, 0), (gy, 1), (gz, 2)):
+            np.multiply(d, sweep.direction[axis], out=out)
+            out += sweep.origin[axis]
+        # which samples mark: ground classes near z = 0, obstacle classes in the height band
+        label = b["label"]
+        np.take(labels.reshape(-1), self._samples.label_index, out=label)
+        ground = b["ground"]
+        np.take(self._ground, label, out=ground)
+        ground &= keep
+        np.abs(gz, out=tmp)
+        np.less_equal(tmp, spec.min_obstacle_height, out=other)
+        ground &= other
+        np.copyto(mark, ground)
+        np.take(self._obstacle, label, out=other)
+        np.greater(gz, spec.min_obstacle_height, out=b["band"])
+        other &= b["band"]
+        np.less_equal(gz, spec.max_obstacle_height, out=b["band"])
+        other &= b["band"]
+        mark |= other
+        keep &= mark
+        # cell of each point; samples outside the grid or range mark nothing
+        col, row, cell = b["col"], b["row"], b["cell"]
+        for index, coord, origin, limit in ((col, gx, grid.origin_x, grid.width), (row, gy, grid.origin_y, grid.height)):
+            np.subtract(coord, origin, out=tmp)
+            np.floor_divide(tmp, grid.resolution, out=tmp)
+            np.clip(tmp, -1, limit, out=tmp)  # far points stay far once cast to integers
+            np.copyto(index, tmp, casting="unsafe")
+        for index, limit in ((col, grid.width), (row, grid.height)):
+            np.greater_equal(index, 0, out=mark)
+            keep &= mark
+            np.less(index, limit, out=mark)
+            keep &= mark
+        reach = b["reach"]
+        np.multiply(d, sweep.reach_per_metre, out=reach)
+        if grid.max_range > 0:
+            np.less_equal(reach, grid.max_range, out=mark)
+            keep &= mark
+        np.multiply(row, grid.width, out=cell)
+        cell += col
+        np.logical_not(keep, out=mark)
+        np.copyto(cell, n_cells, where=mark)
+        np.copyto(reach, 0, where=mark)
+        self.points_used = int(np.count_nonzero(keep))
+        # free space: per bearing, from the nearest visible ground out to the farthest kept point
+        farthest = b["farthest"]
+        farthest.fill(0)
+        np.maximum.at(farthest, sweep.sample_bin, reach)
+        seen = b["seen"]
+        np.take(farthest, sweep.cell_bin, out=b["cell_reach"])
+        np.less_equal(sweep.cell_range, b["cell_reach"], out=seen)
+        np.greater_equal(sweep.cell_range, sweep.cell_near, out=b["cell_mark"])
+        seen &= b["cell_mark"]
+        # Far away an image row spans several cells: each ground cell the image shows also takes the class of the
+        # pixel the flat-ground table gives it, when that pixel's point is ground near z = 0.
+        self._ensure_table(intrinsics, labels.shape, tuple(camera_hw))
+        table_cells, table_pixels = self._cells, self._pixels
+        if b["table_cell"].size != table_cells.size:
+            b.update({name: np.empty(table_cells.size, dtype) for name, dtype in
+                      (("table_cell", np.intp), ("table_off", bool), ("table_label", np.uint8),
+                       ("table_costs", np.int8))})
+        np.take(ground, table_pixels, out=b["table_off"])
+        np.logical_not(b["table_off"], out=b["table_off"])
+        np.take(label, table_pixels, out=b["table_label"])
+        np.copyto(b["table_cell"], table_cells)
+        np.copyto(b["table_cell"], n_cells, where=b["table_off"])
+        costs = b["costs"]
+        for name, lut in self._luts.items():
+            flat = self._depth_flat[name]
+            flat.fill(UNKNOWN)
+            np.copyto(flat[:n_cells], FREE, where=seen)
+            np.take(lut, label, out=costs)
+            np.maximum.at(flat, cell, costs)
+            np.take(lut, b["table_label"], out=b["table_costs"])
+            np.maximum.at(flat, b["table_cell"], b["table_costs"])
+        return self._depth_grids
+
+    def _ensure_sweep(self, intrinsics, camera_hw, labels_hw, depth_hw) -> _SweepTable:
+        k, k_hw = intrinsics
+        key = (k.tobytes(), k_hw, camera_hw, labels_hw, depth_hw, self._pose)
+        if key == self._sweep_key:
+            return self._sweep
+        samples = self._samples = _Samples(k, k_hw, camera_hw, labels_hw, depth_hw, 1)
+        allowed = samples.label_row < labels_hw[0] * (1 - self.grid.ignore_bottom)  # the hood rows never mark
+        self._sweep = _SweepTable(samples, self.grid, self._pose, allowed)
+        n = samples.size
+        self._buffers = {**{name: np.empty(n, np.float32) for name in ("d", "gx", "gy", "gz", "tmp", "reach")},
+                         **{name: np.empty(n, bool) for name in ("keep", "mark", "other", "band", "ground")},
+                         "label": np.empty(n, np.uint8), "costs": np.empty(n, np.int8),
+                         "col": np.empty(n, np.intp), "row": np.empty(n, np.intp), "cell": np.empty(n, np.intp),
+                         "allowed": allowed,
+                         "farthest": np.empty(self._sweep.bins, np.float32),
+                         "seen": np.empty(self.grid.height * self.grid.width, bool),
+                         "cell_mark": np.empty(self.grid.height * self.grid.width, bool),
+                         "cell_reach": np.empty(self.grid.height * self.grid.width, np.float32),
+                         "table_cell": np.empty(0, np.intp)}
+        self._sweep_key = key
+        return self._sweep
+
+    # --- labelled point cloud ----------------------------------------------------------------------
+    def points(self, labels: np.ndarray, confidence: np.ndarray | None, camera_hw: tuple[int, int],
+               depth: np.ndarray, stride: int = 1, organized: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+        """Points of every `stride`-th pixel of `labels` in the camera's optical frame (x right, y down, z
+        forward) as a POINT_DTYPE array, and its (height, width): the decimated grid when `organized` (no return
+        = NaN), else (1, n) with only the points that have a return. Valid until the next call."""
+        intrinsics = self._intrinsics
+        if intrinsics is None:
+            raise DepthError("no intrinsics yet")
+        k, k_hw = intrinsics
+        key = (k.tobytes(), k_hw, tuple(camera_hw), labels.shape, depth.shape, stride)
+        if key != self._cloud_key:
+            self._cloud = _Samples(k, k_hw, tuple(camera_hw), labels.shape, depth.shape, stride)
+            n = self._cloud.size
+            self._cloud_buf = {"points": np.empty(n, POINT_DTYPE), "compact": np.empty(n, POINT_DTYPE),
+                               "valid": np.empty(n, bool), "other": np.empty(n, bool)}
+            self._cloud_key = key
+        s, b = self._cloud, self._cloud_buf
+        pts, valid = b["points"], b["valid"]
+        z = pts["z"]
+        np.take(depth.reshape(-1), s.depth_index, out=z)
+        with np.errstate(invalid="ignore"):
+            np.greater(z, 0, out=valid)
+            np.less(z, np.inf, out=b["other"])
+        valid &= b["other"]
+        np.logical_not(valid, out=b["other"])
+        np.copyto(z, np.nan, where=b["other"])
+        np.multiply(z, s.ray[0], out=pts["x"])
+        np.multiply(z, s.ray[1], out=pts["y"])
+        np.take(labels.reshape(-1), s.label_index, out=pts["label"])
+        if confidence is None:
+            pts["confidence"] = 255
+        else:
+            np.take(confidence.reshape(-1), s.label_index, out=pts["confidence"])
+        if organized:
+            return pts, s.shape
+        n = int(np.count_nonzero(valid))
+        compact = b["compact"][:n]
+        np.compress(valid, pts, out=compact)
+        return compact, (1, n)
+
