@@ -733,9 +733,10 @@ def run(args) -> int:
     if args.bag:
         from seg_perception.eval.bag_io import write_drive_bag
         h, w = args.size
-        frames = render_drive(np.random.default_rng(args.seed), args.frames, h, w)
+        grid = GridSpec()  # seg_node's default costmap grid, the camera above its origin
+        frames = render_drive(np.random.default_rng(args.seed), args.frames, h, w, topdown=grid)
         path = write_drive_bag(args.bag, frames, storage=args.storage, compressed=args.compressed,
-                               camera_info=Camera.for_image(h, w).pinhole(), rate_hz=args.rate)
+                               camera_info=Camera.for_image(h, w).pinhole(), rate_hz=args.rate, topdown_grid=grid)
         print(f"wrote {path}: {args.frames} frames {h}x{w} at {args.rate} Hz")
         return 0
     for k, spec in enumerate(args.split or ["train:200", "val:50"]):

@@ -103,7 +103,9 @@ def depth_msg(ns: int, frame_id: str, metres: np.ndarray):
 
 def topdown_msg(ns: int, grid, train_ids: np.ndarray):
     """The true top-down map as an OccupancyGrid whose cells hold train ids (0..18; -1 = nothing known)."""
-    return occupancy_grid_msg(ns, grid, np.where(train_ids == 255, -1, train_ids).astype(np.int8))
+    cells = train_ids.astype(np.int8)
+    cells[train_ids == 255] = -1
+    return occupancy_grid_msg(ns, grid, cells)
 
 
 def grid_array(msg) -> np.ndarray:
