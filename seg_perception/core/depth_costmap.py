@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from seg_perception.core.costmap import (FREE, UNKNOWN, CameraPose, GridSpec, GroundProjector,
                                          rotation_grid_from_optical)
-from seg_perception.labels import IGNORE_ID
 
 # sensor_msgs/image_encodings names of depth images -> (little-endian sample type, metres per unit)
 DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("<u2", 0.001), "32FC1": ("<f4", 1.0)}
@@ -115,23 +115,38 @@ class _Samples:
         return self.label_index.size
 
 
-class _SweepTable:
-    """Grid-frame geometry of the samples and the polar table of the grid, for one pose."""
+class _DepthGeometry:
+    """What project_depth needs that depends only on (intrinsics, pose, sizes, grid), plus its reused buffers.
 
-    def __init__(self, samples: _Samples, grid: GridSpec, pose: CameraPose, allowed: np.ndarray) -> None:
-        self.direction = (rotation_grid_from_optical(pose) @ samples.ray).astype(np.float32)  # [3, n] per metre
-        self.origin = np.float32([pose.x, pose.y, pose.height])
-        dx, dy, dz = self.direction
-        self.reach_per_metre = np.hypot(dx, dy)  # horizontal distance travelled per metre of depth
+    Samples are every `stride`-th label pixel, no denser than half a cell at the grid's far corner. Points are
+    computed straight in cell units of a grid with a one-cell border, so a point off the grid lands on the border
+    after a clip, and a sample that marks nothing is sent to the corner cell 0: marking needs no compaction."""
+
+    def __init__(self, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
+                 labels_hw: tuple[int, int], depth_hw: tuple[int, int], grid: GridSpec, pose: CameraPose,
+                 table_cells: np.ndarray, table_pixels: np.ndarray) -> None:
         far = max(math.hypot(x - pose.x, y - pose.y) for x in (grid.origin_x, grid.origin_x + grid.size_x)
                   for y in (grid.origin_y, grid.origin_y + grid.size_y))
-        # bins no narrower than a cell at the far corner, and wide enough to hold a sample column
-        width = max(grid.resolution / max(far, grid.resolution), 1.5 / max(samples.fx_labels, 1e-6))
-        self.bins = int(math.ceil(2 * math.pi / width))
+        focal_labels = k[0, 0] * labels_hw[1] / k_hw[1]  # label pixels per unit of tan(angle)
+        self.stride = max(1, int(0.5 * grid.resolution * focal_labels / max(far, grid.resolution)))
+        samples = self.samples = _Samples(k, k_hw, camera_hw, labels_hw, depth_hw, self.stride)
+        n = samples.size
+        self.allowed = samples.label_row < labels_hw[0] * (1 - grid.ignore_bottom)  # the hood rows never mark
+        dx, dy, dz = (rotation_grid_from_optical(pose) @ samples.ray).astype(np.float32)  # grid frame, per metre
+        self.width, self.height = grid.width + 2, grid.height + 2  # with the border
+        self.col_per_metre = dx / np.float32(grid.resolution)
+        self.row_per_metre = dy / np.float32(grid.resolution)
+        self.col_at_camera = np.float32((pose.x - grid.origin_x) / grid.resolution + 1)
+        self.row_at_camera = np.float32((pose.y - grid.origin_y) / grid.resolution + 1)
+        self.z_per_metre, self.camera_z = dz, np.float32(pose.height)
+        self.reach_per_metre = np.hypot(dx, dy)  # horizontal distance travelled per metre of depth
+        # polar table: bearing bins no narrower than a cell at the far corner and wide enough for a sample column
+        bin_width = max(grid.resolution / max(far, grid.resolution), 1.5 * self.stride / max(focal_labels, 1e-6))
+        self.bins = int(math.ceil(2 * math.pi / bin_width))
         self.sample_bin = self._bin(np.arctan2(dy, dx))
         # the nearest ground each bearing can show: rays that point down meet z = 0 at this horizontal range
-        down = (dz < -1e-6) & allowed
-        ground_reach = np.full(dz.shape, np.inf, np.float32)
+        down = (dz < -1e-6) & self.allowed
+        ground_reach = np.full(n, np.inf, np.float32)
         ground_reach[down] = pose.height / -dz[down] * self.reach_per_metre[down]
         near = np.full(self.bins, np.inf, np.float32)
         np.minimum.at(near, self.sample_bin, ground_reach)
@@ -140,9 +155,30 @@ class _SweepTable:
         self.cell_bin = self._bin(np.arctan2(rel_y, rel_x))
         self.cell_range = np.hypot(rel_x, rel_y).astype(np.float32)
         self.cell_near = near[self.cell_bin]
+        # the flat-ground table's cells (bordered index) and the sample nearest each one's label pixel
+        rows, cols = np.divmod(table_pixels, labels_hw[1])
+        n_rows, n_cols = samples.shape
+        self.table_sample = (np.minimum(rows // self.stride, n_rows - 1) * n_cols
+                             + np.minimum(cols // self.stride, n_cols - 1)).astype(np.intp)
+        t_rows, t_cols = np.divmod(table_cells, grid.width)
+        self.table_cell = ((t_rows + 1) * self.width + t_cols + 1).astype(np.intp)
+        m, n_cells = table_cells.size, grid.height * grid.width
+        self.buffers = {**{name: np.empty(n, np.float32) for name in ("d", "z", "tmp", "reach")},
+                        **{name: np.empty(n, bool) for name in ("keep", "mark", "ground", "obstacle", "band")},
+                        "label": np.empty(n, np.uint8), "costs": np.empty(n, np.int8),
+                        "col": np.empty(n, np.intp), "row": np.empty(n, np.intp), "cell": np.empty(n, np.intp),
+                        "farthest": np.empty(self.bins, np.float32), "cell_reach": np.empty(n_cells, np.float32),
+                        "seen": np.empty(n_cells, bool), "cell_mark": np.empty(n_cells, bool),
+                        "table_off": np.empty(m, bool), "table_label": np.empty(m, np.uint8),
+                        "table_costs": np.empty(m, np.int8), "table_marks": np.empty(m, np.intp)}
 
     def _bin(self, angle: np.ndarray) -> np.ndarray:
         return np.minimum(((angle + math.pi) * (self.bins / (2 * math.pi))).astype(np.intp), self.bins - 1)
+
+
+def _lut(table: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = table[values[i]] for uint8 values: OpenCV's LUT, no index conversion (np.take makes intp)."""
+    cv2.LUT(values, table, dst=out.view(np.uint8))
 
 
 class DepthProjector(GroundProjector):
@@ -157,17 +193,19 @@ class DepthProjector(GroundProjector):
         if unknown:
             raise ValueError(f"unknown ground class(es) {unknown}; the model's classes are {list(class_names)}")
         self.depth = depth
-        self._ground = np.zeros(256, bool)
-        self._ground[[list(class_names).index(n) for n in depth.ground_classes]] = True
-        self._obstacle = np.zeros(256, bool)
-        self._obstacle[: len(class_names)] = ~self._ground[: len(class_names)]
-        self._obstacle[IGNORE_ID] = False
-        n_cells = grid.height * grid.width
-        # one extra cell at the end takes every sample that marks nothing, so marking needs no compaction
-        self._depth_flat = {name: np.full(n_cells + 1, UNKNOWN, np.int8) for name in self._luts}
-        self._depth_grids = {name: flat[:n_cells].reshape(grid.height, grid.width)
+        ground = [list(class_names).index(n) for n in depth.ground_classes]
+        self._ground_lut = np.zeros(256, np.uint8)
+        self._ground_lut[ground] = 1
+        self._obstacle_lut = np.zeros(256, np.uint8)
+        self._obstacle_lut[: len(class_names)] = 1
+        self._obstacle_lut[ground] = 0
+        self._cost_luts = {name: lut.view(np.uint8) for name, lut in self._luts.items()}
+        # the layers on a grid with a one-cell border that takes the points off the grid; views of the inside
+        self._depth_flat = {name: np.full((grid.height + 2) * (grid.width + 2), UNKNOWN, np.int8)
+                            for name in self._luts}
+        self._depth_grids = {name: flat.reshape(grid.height + 2, grid.width + 2)[1:-1, 1:-1]
                              for name, flat in self._depth_flat.items()}
-        self._sweep_key: tuple | None = None
+        self._geometry_key: tuple | None = None
         self._cloud_key: tuple | None = None
         self.points_used = 0  # samples that marked a cell in the latest project_depth
 
@@ -176,7 +214,8 @@ class DepthProjector(GroundProjector):
                       depth: np.ndarray | None) -> dict[str, np.ndarray]:
         """labels: uint8 [h, w] over the camera image of size camera_hw; depth: float32 metres registered to
         the colour image (any size of the same aspect ratio), or None: every layer unknown for this frame.
-        Raises DepthError for a depth image that does not fit the colour image."""
+        Raises DepthError for a depth image that does not fit the colour image. The grids are views, valid
+        until the next call."""
         intrinsics = self._intrinsics
         if intrinsics is None:
             return {}
@@ -185,117 +224,90 @@ class DepthProjector(GroundProjector):
             for flat in self._depth_flat.values():
                 flat.fill(UNKNOWN)
             return self._depth_grids
-        sweep = self._ensure_sweep(intrinsics, tuple(camera_hw), labels.shape, depth.shape)
-        b = self._buffers
-        grid, spec = self.grid, self.depth
-        n_cells = grid.height * grid.width
-        d, gx, gy, gz, tmp = b["d"], b["gx"], b["gy"], b["gz"], b["tmp"]
-        keep, mark, other = b["keep"], b["mark"], b["other"]
-        np.take(depth.reshape(-1), self._samples.depth_index, out=d)
+        geo = self._ensure_geometry(intrinsics, tuple(camera_hw), labels.shape, depth.shape)
+        b, spec, samples = geo.buffers, self.depth, geo.samples
+        d, z, tmp, reach = b["d"], b["z"], b["tmp"], b["reach"]
+        keep, mark, ground, obstacle, band = b["keep"], b["mark"], b["ground"], b["obstacle"], b["band"]
+        np.take(depth.reshape(-1), samples.depth_index, out=d)
         with np.errstate(invalid="ignore"):
             np.greater(d, 0, out=keep)  # NaN compares False
             np.less(d, np.inf, out=mark)
         keep &= mark
-        keep &= b["allowed"]
+        keep &= geo.allowed
         np.logical_not(keep, out=mark)
         np.copyto(d, 0, where=mark)  # no return: a harmless 0 from here on
-        for out, axis in ((gx, 0), (gy, 1), (gz, 2)):
-            np.multiply(d, sweep.direction[axis], out=out)
-            out += sweep.origin[axis]
         # which samples mark: ground classes near z = 0, obstacle classes in the height band
         label = b["label"]
-        np.take(labels.reshape(-1), self._samples.label_index, out=label)
-        ground = b["ground"]
-        np.take(self._ground, label, out=ground)
+        np.take(labels.reshape(-1), samples.label_index, out=label)
+        np.multiply(d, geo.z_per_metre, out=z)
+        z += geo.camera_z
+        _lut(self._ground_lut, label, ground)
         ground &= keep
-        np.abs(gz, out=tmp)
-        np.less_equal(tmp, spec.min_obstacle_height, out=other)
-        ground &= other
-        np.copyto(mark, ground)
-        np.take(self._obstacle, label, out=other)
-        np.greater(gz, spec.min_obstacle_height, out=b["band"])
-        other &= b["band"]
-        np.less_equal(gz, spec.max_obstacle_height, out=b["band"])
-        other &= b["band"]
-        mark |= other
+        np.abs(z, out=tmp)
+        np.less_equal(tmp, spec.min_obstacle_height, out=band)
+        ground &= band
+        _lut(self._obstacle_lut, label, obstacle)
+        np.greater(z, spec.min_obstacle_height, out=band)
+        obstacle &= band
+        np.less_equal(z, spec.max_obstacle_height, out=band)
+        obstacle &= band
+        np.logical_or(ground, obstacle, out=mark)
         keep &= mark
-        # cell of each point; samples outside the grid or range mark nothing
+        # the cell of every point, on the bordered grid
         col, row, cell = b["col"], b["row"], b["cell"]
-        for index, coord, origin, limit in ((col, gx, grid.origin_x, grid.width), (row, gy, grid.origin_y, grid.height)):
-            np.subtract(coord, origin, out=tmp)
-            np.floor_divide(tmp, grid.resolution, out=tmp)
-            np.clip(tmp, -1, limit, out=tmp)  # far points stay far once cast to integers
+        for index, per_metre, at_camera, limit in ((col, geo.col_per_metre, geo.col_at_camera, geo.width),
+                                                    (row, geo.row_per_metre, geo.row_at_camera, geo.height)):
+            np.multiply(d, per_metre, out=tmp)
+            tmp += at_camera
+            np.floor(tmp, out=tmp)
+            np.clip(tmp, 0, limit - 1, out=tmp)
             np.copyto(index, tmp, casting="unsafe")
-        for index, limit in ((col, grid.width), (row, grid.height)):
-            np.greater_equal(index, 0, out=mark)
+        np.multiply(d, geo.reach_per_metre, out=reach)
+        if self.grid.max_range > 0:
+            np.less_equal(reach, self.grid.max_range, out=mark)
             keep &= mark
-            np.less(index, limit, out=mark)
-            keep &= mark
-        reach = b["reach"]
-        np.multiply(d, sweep.reach_per_metre, out=reach)
-        if grid.max_range > 0:
-            np.less_equal(reach, grid.max_range, out=mark)
-            keep &= mark
-        np.multiply(row, grid.width, out=cell)
+        np.multiply(row, geo.width, out=cell)
         cell += col
         np.logical_not(keep, out=mark)
-        np.copyto(cell, n_cells, where=mark)
+        np.copyto(cell, 0, where=mark)
         np.copyto(reach, 0, where=mark)
         self.points_used = int(np.count_nonzero(keep))
         # free space: per bearing, from the nearest visible ground out to the farthest kept point
-        farthest = b["farthest"]
+        farthest, seen = b["farthest"], b["seen"]
         farthest.fill(0)
-        np.maximum.at(farthest, sweep.sample_bin, reach)
-        seen = b["seen"]
-        np.take(farthest, sweep.cell_bin, out=b["cell_reach"])
-        np.less_equal(sweep.cell_range, b["cell_reach"], out=seen)
-        np.greater_equal(sweep.cell_range, sweep.cell_near, out=b["cell_mark"])
+        np.maximum.at(farthest, geo.sample_bin, reach)
+        np.take(farthest, geo.cell_bin, out=b["cell_reach"])
+        np.less_equal(geo.cell_range, b["cell_reach"], out=seen)
+        np.greater_equal(geo.cell_range, geo.cell_near, out=b["cell_mark"])
         seen &= b["cell_mark"]
+        seen_grid = seen.reshape(self.grid.height, self.grid.width)
         # Far away an image row spans several cells: each ground cell the image shows also takes the class of the
-        # pixel the flat-ground table gives it, when that pixel's point is ground near z = 0.
-        self._ensure_table(intrinsics, labels.shape, tuple(camera_hw))
-        table_cells, table_pixels = self._cells, self._pixels
-        if b["table_cell"].size != table_cells.size:
-            b.update({name: np.empty(table_cells.size, dtype) for name, dtype in
-                      (("table_cell", np.intp), ("table_off", bool), ("table_label", np.uint8),
-                       ("table_costs", np.int8))})
-        np.take(ground, table_pixels, out=b["table_off"])
+        # sample the flat-ground table gives it, when that sample's point is ground near z = 0.
+        np.take(ground, geo.table_sample, out=b["table_off"])
         np.logical_not(b["table_off"], out=b["table_off"])
-        np.take(label, table_pixels, out=b["table_label"])
-        np.copyto(b["table_cell"], table_cells)
-        np.copyto(b["table_cell"], n_cells, where=b["table_off"])
-        costs = b["costs"]
-        for name, lut in self._luts.items():
+        np.take(label, geo.table_sample, out=b["table_label"])
+        np.copyto(b["table_marks"], geo.table_cell)
+        np.copyto(b["table_marks"], 0, where=b["table_off"])
+        costs, table_costs = b["costs"], b["table_costs"]
+        for name, lut in self._cost_luts.items():
             flat = self._depth_flat[name]
             flat.fill(UNKNOWN)
-            np.copyto(flat[:n_cells], FREE, where=seen)
-            np.take(lut, label, out=costs)
+            np.copyto(self._depth_grids[name], FREE, where=seen_grid)
+            _lut(lut, label, costs)
             np.maximum.at(flat, cell, costs)
-            np.take(lut, b["table_label"], out=b["table_costs"])
-            np.maximum.at(flat, b["table_cell"], b["table_costs"])
+            _lut(lut, b["table_label"], table_costs)
+            np.maximum.at(flat, b["table_marks"], table_costs)
         return self._depth_grids
 
-    def _ensure_sweep(self, intrinsics, camera_hw, labels_hw, depth_hw) -> _SweepTable:
+    def _ensure_geometry(self, intrinsics, camera_hw, labels_hw, depth_hw) -> _DepthGeometry:
         k, k_hw = intrinsics
+        self._ensure_table(intrinsics, labels_hw, camera_hw)  # the flat-ground table, cached by GroundProjector
         key = (k.tobytes(), k_hw, camera_hw, labels_hw, depth_hw, self._pose)
-        if key == self._sweep_key:
-            return self._sweep
-        samples = self._samples = _Samples(k, k_hw, camera_hw, labels_hw, depth_hw, 1)
-        allowed = samples.label_row < labels_hw[0] * (1 - self.grid.ignore_bottom)  # the hood rows never mark
-        self._sweep = _SweepTable(samples, self.grid, self._pose, allowed)
-        n = samples.size
-        self._buffers = {**{name: np.empty(n, np.float32) for name in ("d", "gx", "gy", "gz", "tmp", "reach")},
-                         **{name: np.empty(n, bool) for name in ("keep", "mark", "other", "band", "ground")},
-                         "label": np.empty(n, np.uint8), "costs": np.empty(n, np.int8),
-                         "col": np.empty(n, np.intp), "row": np.empty(n, np.intp), "cell": np.empty(n, np.intp),
-                         "allowed": allowed,
-                         "farthest": np.empty(self._sweep.bins, np.float32),
-                         "seen": np.empty(self.grid.height * self.grid.width, bool),
-                         "cell_mark": np.empty(self.grid.height * self.grid.width, bool),
-                         "cell_reach": np.empty(self.grid.height * self.grid.width, np.float32),
-                         "table_cell": np.empty(0, np.intp)}
-        self._sweep_key = key
-        return self._sweep
+        if key != self._geometry_key:
+            self._geometry = _DepthGeometry(k, k_hw, camera_hw, labels_hw, depth_hw, self.grid, self._pose,
+                                            self._cells, self._pixels)
+            self._geometry_key = key
+        return self._geometry
 
     # --- labelled point cloud ----------------------------------------------------------------------
     def points(self, labels: np.ndarray, confidence: np.ndarray | None, camera_hw: tuple[int, int],

@@ -83,20 +83,18 @@ def _ros_parameters(path: Path) -> dict:
     raise EvalError(f"'{path}' has no ros__parameters block")
 
 
-def _projector(config: BagEvalConfig, class_names):
-    """The node's projector (flat ground and depth) and the fused cost table, from seg_node's parameter defaults
-    plus --params-file."""
+def node_projector(overrides: dict, class_names, source: str = "seg_node parameters"):
+    """seg_node's projector (flat ground and depth) and its fused cost table, from the node's parameter defaults
+    plus `overrides` (what --ros-args or a parameters file set)."""
     from seg_perception.core.costmap import cost_lut
     from seg_perception.core.depth_costmap import DepthProjector
     from seg_perception.ros.params import PARAMETERS, NodeParams, ParameterError, check
 
     values = {name: spec.default for name, spec in PARAMETERS.items()}
-    if config.params_file is not None:
-        overrides = _ros_parameters(config.params_file)
-        unknown = sorted(set(overrides) - set(values))
-        if unknown:
-            raise EvalError(f"'{config.params_file}': unknown seg_node parameter(s) {unknown}")
-        values.update(overrides)
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise EvalError(f"{source}: unknown seg_node parameter(s) {unknown}")
+    values.update(overrides)
     try:
         for name, value in values.items():
             check(name, value)
@@ -105,6 +103,13 @@ def _projector(config: BagEvalConfig, class_names):
                                p.depth()), cost_lut(class_names, p.costs(), p.default_cost))
     except (ParameterError, ValueError) as exc:
         raise EvalError(f"costmap parameters: {exc}") from exc
+
+
+def _projector(config: BagEvalConfig, class_names):
+    """node_projector with --params-file."""
+    if config.params_file is None:
+        return node_projector({}, class_names)
+    return node_projector(_ros_parameters(config.params_file), class_names, f"'{config.params_file}'")
 
 
 class _Outputs:
