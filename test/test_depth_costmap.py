@@ -111,13 +111,15 @@ def test_depth_decoder_and_registration():
     metres = np.array([[0.0, 1.5, 65.535], [2.25, 0.001, 10.0]], np.float32)
     mm = np.round(metres * 1000).astype("<u2")
     dec = DepthDecoder()
-    np.testing.assert_allclose(dec.decode(mm.tobytes(), "16UC1", 2, 3, 6), metres, atol=1e-6)
+    raw = dec.decode(mm.tobytes(), "16UC1", 2, 3, 6)  # millimetres as they came, a view
+    assert raw.dtype == np.uint16 and not raw.flags.owndata
+    np.testing.assert_array_equal(raw, mm)
     np.testing.assert_allclose(dec.decode(mm.astype(">u2").tobytes(), "16UC1", 2, 3, 6, is_bigendian=1), metres,
-                               atol=1e-6)
+                               atol=1e-6)  # converted
     padded = np.zeros((2, 16), np.uint8)  # 12 bytes of floats + 4 of row padding
     padded[:, :12] = metres.view(np.uint8).reshape(2, 12)
-    data = padded.tobytes()
-    view = dec.decode(data, "32FC1", 2, 3, 16)
+    np.testing.assert_array_equal(dec.decode(padded.tobytes(), "32FC1", 2, 3, 16), metres)  # padding dropped
+    view = dec.decode(metres.tobytes(), "32FC1", 2, 3, 12)
     np.testing.assert_array_equal(view, metres)
     assert not view.flags.owndata  # a view of the message bytes
     for args, reason in [((mm.tobytes(), "mono8", 2, 3, 6), "not one of 16UC1, 32FC1"),

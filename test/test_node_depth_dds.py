@@ -15,7 +15,8 @@ rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from nav_msgs.msg import OccupancyGrid  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
-from test_node_dds import half_road_onnx, image_msg, peer, serve_until_ready, start_node, wait_diagnostics  # noqa: E402,F401
+from test_node_dds import (half_road_onnx, image_msg, peer, serve_until_ready, start_node,  # noqa: E402,F401
+                           wait_diagnostics)
 
 from seg_perception.core.costmap import GridSpec  # noqa: E402
 from seg_perception.data.synthetic import CAMERA_HEIGHT_M, Camera, render_street, staged_street  # noqa: E402

@@ -124,8 +124,8 @@ def test_synth_cli_writes_a_drive_bag(tmp_path):
     np.testing.assert_array_equal(gt, expected.train_ids)
     assert info.k[0] == pytest.approx(96.0) and info.height == 48
     assert depth.encoding == "16UC1" and (depth.height, depth.width) == (48, 96)
-    metres = DepthDecoder().decode(depth.data, depth.encoding, depth.height, depth.width, depth.step)
-    np.testing.assert_allclose(metres, np.where(expected.depth > 65.535, 0, expected.depth), atol=5e-4)
+    mm = DepthDecoder().decode(depth.data, depth.encoding, depth.height, depth.width, depth.step)
+    np.testing.assert_allclose(mm / 1000, np.where(expected.depth > 65.535, 0, expected.depth), atol=5e-4)
     np.testing.assert_array_equal(topdown, np.where(expected.topdown == IGNORE_ID, -1, expected.topdown.astype(int)))
 
 

@@ -22,6 +22,7 @@ from seg_perception.core.costmap import (FREE, UNKNOWN, CameraPose, GridSpec, Gr
 
 # sensor_msgs/image_encodings names of depth images -> (little-endian sample type, metres per unit)
 DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("<u2", 0.001), "32FC1": ("<f4", 1.0)}
+MM = np.float32(0.001)  # metres per unit of a uint16 depth image
 # A labelled point as sensor_msgs/PointCloud2 lays it out: x, y, z float32, label, confidence uint8, 16 bytes.
 POINT_DTYPE = np.dtype({"names": ["x", "y", "z", "label", "confidence"],
                         "formats": ["<f4", "<f4", "<f4", "u1", "u1"], "offsets": [0, 4, 8, 12, 13],
@@ -47,8 +48,9 @@ class DepthSpec:
 
 
 class DepthDecoder:
-    """Depth image message fields -> float32 metres [h, w]: a view of 32FC1 data, 16UC1 millimetres converted
-    into a buffer reused across frames of one size."""
+    """Depth image message fields -> [h, w] depth as the projector reads it: a zero-copy view of little-endian
+    data without row padding (32FC1 float32 metres, 16UC1 uint16 millimetres); anything else converted into
+    float32 metres in a buffer reused across frames of one size."""
 
     def __init__(self) -> None:
         self._metres = np.empty((0, 0), np.float32)
@@ -66,12 +68,23 @@ class DepthDecoder:
         if buf.size != step * height:
             raise DepthError(f"depth data holds {buf.size} bytes, expected step*height = {step * height}")
         values = buf.reshape(height, step)[:, : width * dtype.itemsize].view(dtype)
-        if spec[1] == 1.0 and dtype == np.float32:
+        if dtype.isnative and values.flags.c_contiguous:
             return values
         if self._metres.shape != (height, width):
             self._metres = np.empty((height, width), np.float32)
         np.multiply(values, np.float32(spec[1]), out=self._metres, casting="unsafe")
         return self._metres
+
+
+def gather_metres(depth: np.ndarray, index: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    """out = depth.flat[index] in metres, for float32 metres or uint16 millimetres (scratch: uint16 like out)."""
+    if depth.dtype == np.uint16:
+        np.take(depth.reshape(-1), index, out=scratch)
+        np.multiply(scratch, MM, out=out)
+    elif depth.dtype == np.float32:
+        np.take(depth.reshape(-1), index, out=out)
+    else:
+        raise DepthError(f"depth must be float32 metres or uint16 millimetres, got {depth.dtype}")
 
 
 def check_registered(camera_hw: tuple[int, int], depth_hw: tuple[int, int]) -> None:
@@ -165,7 +178,7 @@ class _DepthGeometry:
         m, n_cells = table_cells.size, grid.height * grid.width
         self.buffers = {**{name: np.empty(n, np.float32) for name in ("d", "z", "tmp", "reach")},
                         **{name: np.empty(n, bool) for name in ("keep", "mark", "ground", "obstacle", "band")},
-                        "label": np.empty(n, np.uint8), "costs": np.empty(n, np.int8),
+                        "label": np.empty(n, np.uint8), "costs": np.empty(n, np.int8), "mm": np.empty(n, np.uint16),
                         "col": np.empty(n, np.intp), "row": np.empty(n, np.intp), "cell": np.empty(n, np.intp),
                         "farthest": np.empty(self.bins, np.float32), "cell_reach": np.empty(n_cells, np.float32),
                         "seen": np.empty(n_cells, bool), "cell_mark": np.empty(n_cells, bool),
@@ -212,8 +225,9 @@ class DepthProjector(GroundProjector):
     # --- costmaps ------------------------------------------------------------------------------
     def project_depth(self, labels: np.ndarray, camera_hw: tuple[int, int],
                       depth: np.ndarray | None) -> dict[str, np.ndarray]:
-        """labels: uint8 [h, w] over the camera image of size camera_hw; depth: float32 metres registered to
-        the colour image (any size of the same aspect ratio), or None: every layer unknown for this frame.
+        """labels: uint8 [h, w] over the camera image of size camera_hw; depth: float32 metres or uint16
+        millimetres (DepthDecoder's output) registered to the colour image (any size of the same aspect ratio), or
+        None: every layer unknown for this frame.
         Raises DepthError for a depth image that does not fit the colour image. The grids are views, valid
         until the next call."""
         intrinsics = self._intrinsics
@@ -228,7 +242,7 @@ class DepthProjector(GroundProjector):
         b, spec, samples = geo.buffers, self.depth, geo.samples
         d, z, tmp, reach = b["d"], b["z"], b["tmp"], b["reach"]
         keep, mark, ground, obstacle, band = b["keep"], b["mark"], b["ground"], b["obstacle"], b["band"]
-        np.take(depth.reshape(-1), samples.depth_index, out=d)
+        gather_metres(depth, samples.depth_index, d, b["mm"])
         with np.errstate(invalid="ignore"):
             np.greater(d, 0, out=keep)  # NaN compares False
             np.less(d, np.inf, out=mark)
@@ -324,12 +338,12 @@ class DepthProjector(GroundProjector):
             self._cloud = _Samples(k, k_hw, tuple(camera_hw), labels.shape, depth.shape, stride)
             n = self._cloud.size
             self._cloud_buf = {"points": np.empty(n, POINT_DTYPE), "compact": np.empty(n, POINT_DTYPE),
-                               "valid": np.empty(n, bool), "other": np.empty(n, bool)}
+                               "valid": np.empty(n, bool), "other": np.empty(n, bool), "mm": np.empty(n, np.uint16)}
             self._cloud_key = key
         s, b = self._cloud, self._cloud_buf
         pts, valid = b["points"], b["valid"]
         z = pts["z"]
-        np.take(depth.reshape(-1), s.depth_index, out=z)
+        gather_metres(depth, s.depth_index, z, b["mm"])
         with np.errstate(invalid="ignore"):
             np.greater(z, 0, out=valid)
             np.less(z, np.inf, out=b["other"])

@@ -247,7 +247,7 @@ class SegNode(Node):
             self.pub_latency.publish(self._latency_msg(header, slot, result.inference_ms))
 
     def _paired_depth(self, stamp: int, cam_hw: tuple[int, int]) -> np.ndarray | None:
-        """The depth image nearest the colour frame's stamp, in metres; None (counted, with the reason in
+        """The depth image nearest the colour frame's stamp, decoded; None (counted, with the reason in
         last_problem) when there is none within depth_tolerance or it cannot be used."""
         p = self.params
         with self._depths_lock:
