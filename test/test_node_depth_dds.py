@@ -120,3 +120,11 @@ def test_depth_costmaps_points_and_bad_depth(scene, peer, start_node):
     assert node.proc.poll() is None
     rc, _ = node.stop(signal.SIGTERM)
     assert rc == 0
+
+
+@pytest.mark.parametrize("params, name", [(dict(ground_classes=["lava"]), "ground_classes"),
+                                          (dict(min_obstacle_height=3.0), "min_obstacle_height")])
+def test_invalid_depth_parameter_stops_start_up_naming_it(scene, start_node, params, name):
+    node = start_node(dict(model=str(scene[1]), depth_topic="/camera/depth", **params))
+    assert node.proc.wait(30) != 0
+    assert f"parameter '{name}'" in node.output()

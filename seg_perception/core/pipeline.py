@@ -101,7 +101,8 @@ class SegPipeline:
                 depth_source: Callable[[], np.ndarray | None] | None = None) -> FrameResult:
         """depth_source: None for flat-ground costmaps; else called once the labels exist (a depth image sent
         beside the colour frame has had the inference time to arrive) for the depth registered to `rgb`
-        (depth_costmap.DepthDecoder's output), or None: then the depth-built layers are unknown for this frame and there are no points."""
+        (depth_costmap.DepthDecoder's output), or None: then the depth-built layers are unknown for this frame
+        and there are no points."""
         request = request or OutputRequest()
         if request.points:  # the cloud carries the published mask and confidence
             request = replace(request, mask=True, confidence=True)

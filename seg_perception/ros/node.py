@@ -61,15 +61,12 @@ class SegNode(Node):
         self.backend.warm_up(p.warmup_frames)  # before any subscription: no camera frame waits on it
         warm_up_ms = (_NOW() - start) / 1e6
         costs = p.costs()
-        for param, names in (("cost_table", list(costs)), ("costmap_classes", p.costmap_classes)):
+        for param, names in (("cost_table", list(costs)), ("costmap_classes", p.costmap_classes),
+                             ("ground_classes", p.ground_classes)):
             unknown = [n for n in names if n not in info.class_names]
             if unknown:
                 raise ParameterError(param, f"unknown class name(s) {unknown}; model '{info.name}' has "
                                             f"{list(info.class_names)}")
-        unknown = [n for n in p.ground_classes if n not in info.class_names]
-        if unknown:
-            raise ParameterError("ground_classes", f"unknown class name(s) {unknown}; model '{info.name}' has "
-                                                   f"{list(info.class_names)}")
         self.projector = DepthProjector(p.grid(), p.pose(), info.class_names, costs, p.default_cost,
                                         p.costmap_classes, p.depth())
         self.tracer = trace.Tracer(capacity=max(4096, 2 * p.trace_window))
