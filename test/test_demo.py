@@ -69,5 +69,10 @@ def test_short_demo_runs_seg_node_and_reports(tmp_path, ros_env):
     assert report["latency_ms"]["inference"]["count"] >= 4
     assert report["model"]["name"] and report["model"]["sha256"]
     assert len(list(out.glob("overlay_*.png"))) >= 2 and (out / "costmap.png").is_file()
+    # seg_node's depth costmaps against flat ground, both scored against the drive's true top-down map
+    costmap = report["costmap_iou"]
+    assert costmap["frames"]["depth"] == costmap["frames"]["flat_ground"] >= 1 and "costmap IoU" in proc.stdout
+    assert costmap["depth"]["lethal"] > 0.5 > 0.1 > costmap["flat_ground"]["lethal"], costmap
+    assert (out / "costmap_compare.png").is_file()
     assert json.loads((out / "trace.json").read_text())["traceEvents"]
     assert (out / "report.md").read_text().startswith("# ")
