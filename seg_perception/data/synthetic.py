@@ -472,14 +472,18 @@ class _SegmentMap:
 
     def depth(self, cam: "Camera") -> np.ndarray:
         """Depth along the optical axis where each pixel's ray meets its plane; 0 where there is none."""
-        n = np.asarray(self.planes, np.float32)[self.plane_ids]  # H x W x 4
-        h, w = self.plane_ids.shape
+        nx, ny, nz, c = np.asarray(self.planes, np.float32).T
+        ids = self.plane_ids
+        h, w = ids.shape
         a = (np.arange(w, dtype=np.float32) - cam.cx) / cam.focal  # lateral per metre of depth
         b = (np.arange(h, dtype=np.float32)[:, None] - cam.cy) / cam.focal  # drop per metre of depth
+        den = nx[ids] * a
+        den -= ny[ids] * b
+        den += nz[ids]
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = (n[..., 3] - CAMERA_HEIGHT_M * n[..., 1]) / (n[..., 0] * a - n[..., 1] * b + n[..., 2])
-        z[(self.plane_ids == 0) | ~np.isfinite(z) | (z <= 0)] = 0
-        return z.astype(np.float32)
+            z = np.divide((c - CAMERA_HEIGHT_M * ny)[ids], den, out=den)
+        z[(ids == 0) | ~(z > 0) | (z == np.inf)] = 0
+        return z
 
 
 def _clip_quad_to_depth(corners: np.ndarray, near: float, far: float) -> np.ndarray | None:
@@ -608,14 +612,21 @@ def topdown_map(street: Street, camera_z: float, frame: int, grid: GridSpec) -> 
             cv2.fillPoly(out, [pts], train, shift=shift)
         cv2.polylines(out, [pts], area, train, 1, shift=shift)  # thin footprints are lines of cells
 
+    near, far = grid.origin_x - 1.0, grid.origin_x + grid.size_x + 1.0  # what can touch the grid, ahead
+
+    def on_grid(z_rel: np.ndarray) -> bool:
+        return z_rel.max() >= near and z_rel.min() <= far
+
     for quad in street.ground:
-        draw(quad.corners[:, 0] - street.camera_x, quad.corners[:, 2] - camera_z, quad.label, True)
+        if on_grid(quad.corners[:, 2] - camera_z):
+            draw(quad.corners[:, 0] - street.camera_x, quad.corners[:, 2] - camera_z, quad.label, True)
     for quad in street.surfaces:
-        if quad.corners.ndim == 2 and quad.corners[:, 1].min() < TOPDOWN_MAX_HEIGHT_M:
+        if (quad.corners.ndim == 2 and quad.corners[:, 1].min() < TOPDOWN_MAX_HEIGHT_M
+                and on_grid(quad.corners[:, 2] - camera_z)):
             draw(quad.corners[:, 0] - street.camera_x, quad.corners[:, 2] - camera_z, quad.label, False)
     for obj in street.objects:
         z = obj.z + obj.v * frame - camera_z
-        if not NEAR_M + 1.0 < z < FAR_M:
+        if not (NEAR_M + 1.0 < z < FAR_M and near <= z <= far):  # drawn in the image, and on the grid
             continue
         for part in obj.parts:
             if part.points[:, 1].min() < TOPDOWN_MAX_HEIGHT_M:
