@@ -143,8 +143,8 @@ def run_case(model: Path, env: dict, outputs: tuple[str, ...], frames: int, warm
              workdir: Path, params: dict | None = None,
              depth: np.ndarray | None = None) -> list[tuple[float, dict[str, float]]]:
     """`params` override the node's; `depth` (metres) is published with every frame."""
-    params = {"model": str(model), "threads": threads, "camera_info_topic": "", "fx": 1000.0,
-              "camera_pitch": 0.1, "publish_overlay": True, **(params or {})}
+    params = {"model": str(model), "threads": threads, "input_topic": "/camera/image_raw", "camera_info_topic": "",
+              "fx": 1000.0, "camera_pitch": 0.1, "publish_overlay": True, **(params or {})}
     params_file = workdir / "params.yaml"
     params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
     log = open(workdir / "seg_node.log", "wb")

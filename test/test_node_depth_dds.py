@@ -52,7 +52,8 @@ def grid_of(msg: OccupancyGrid) -> np.ndarray:
 
 def test_depth_costmaps_points_and_bad_depth(scene, peer, start_node):
     frame, model = scene
-    node = start_node(dict(model=str(model), threads=1, diagnostics_period=0.2, depth_topic="/camera/depth",
+    node = start_node(dict(model=str(model), threads=1, diagnostics_period=0.2, input_topic="/camera/image_raw",
+                           camera_info_topic="/camera/camera_info", depth_topic="/camera/depth",
                            camera_height=CAMERA_HEIGHT_M, camera_pitch=0.0, costmap_resolution=GRID.resolution,
                            costmap_size_x=GRID.size_x, costmap_size_y=GRID.size_y, costmap_origin_y=GRID.origin_y,
                            costmap_classes=["car", "person"], points_stride=2))
