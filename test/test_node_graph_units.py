@@ -183,7 +183,7 @@ def _output_topics() -> set[str]:
 
     images = {"semantic_mask", "semantic_mask/color", "semantic_mask/overlay"}
     layers = {layer_topic(name) for name in ["", *PARAMETERS["costmap_classes"].default]}
-    return images | {t + "/compressed" for t in images} | layers | {"semantic_mask/latency"}
+    return images | {t + "/compressed" for t in images} | layers | {"semantic_mask/latency", "semantic_points"}
 
 
 def test_rviz_config_shows_what_the_node_publishes_with_matching_qos():
