@@ -14,6 +14,7 @@ within the stamp tolerance.
 from __future__ import annotations
 
 import bisect
+import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,14 +83,6 @@ def _ros_parameters(path: Path) -> dict:
         if isinstance(node, dict) and "ros__parameters" in node:
             return node["ros__parameters"]
     raise EvalError(f"'{path}' has no ros__parameters block")
-
-
-def _node_parameters_available() -> bool:
-    try:
-        import seg_perception.ros.params  # noqa: F401  (rclpy's parameter types)
-    except ImportError:
-        return False
-    return True
 
 
 def node_projector(overrides: dict, class_names, source: str = "seg_node parameters"):
@@ -165,7 +158,7 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
         if info_topic:
             reader.topic(info_topic, (CAMERA_INFO,))
         topdown_topic = config.topdown_topic if info_topic and config.topdown_topic in reader.topics else ""
-        if topdown_topic and not _node_parameters_available():
+        if topdown_topic and importlib.util.find_spec("rclpy") is None:
             print("eval bag: costmaps not scored: seg_node's parameters need rclpy (the [ros] extra)", file=sys.stderr)
             topdown_topic = ""
         depth_topic = config.depth_topic if topdown_topic and config.depth_topic in reader.topics else ""
