@@ -140,7 +140,7 @@ class SegPipeline:
                 depth = depth_source()
                 if request.costmaps:
                     result.costmaps = self.projector.project_depth(out.labels, cam_hw, depth)
-                if request.points and depth is not None:
+                if request.points and depth is not None and self.projector.ready:
                     result.points, result.points_hw = self.projector.points(
                         result.mask, result.confidence, cam_hw, depth, self.points_stride, self.points_organized)
             tracer.span(slot, trace.COSTMAP, t3)
