@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from seg_perception.core.costmap import (FREE, UNKNOWN, CameraPose, GridSpec, GroundProjector,
-                                         rotation_grid_from_optical)
+                                         rotation_grid_from_optical, scaled_intrinsics)
 
 # sensor_msgs/image_encodings names of depth images -> (little-endian sample type, metres per unit)
 DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("<u2", 0.001), "32FC1": ("<f4", 1.0)}
@@ -104,7 +104,7 @@ class _Samples:
     def __init__(self, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
                  labels_hw: tuple[int, int], depth_hw: tuple[int, int], stride: int) -> None:
         check_registered(camera_hw, depth_hw)
-        (ch, cw), (lh, lw), (dh, dw) = camera_hw, labels_hw, depth_hw
+        (lh, lw), (dh, dw) = labels_hw, depth_hw
         rows, cols = np.arange(0, lh, stride), np.arange(0, lw, stride)
         self.shape = (rows.size, cols.size)
         self.label_index = (rows[:, None] * lw + cols[None, :]).ravel().astype(np.intp)
@@ -113,15 +113,11 @@ class _Samples:
         drow = np.clip(np.round((rows + 0.5) * dh / lh - 0.5), 0, dh - 1).astype(np.intp)
         dcol = np.clip(np.round((cols + 0.5) * dw / lw - 0.5), 0, dw - 1).astype(np.intp)
         self.depth_index = (drow[:, None] * dw + dcol[None, :]).ravel()
-        # intrinsics of the depth image: K scaled from the size it was calibrated at
-        sx, sy = dw / k_hw[1], dh / k_hw[0]
-        fx, fy = k[0, 0] * sx, k[1, 1] * sy
-        cx, cy = (k[0, 2] + 0.5) * sx - 0.5, (k[1, 2] + 0.5) * sy - 0.5
+        fx, fy, cx, cy = scaled_intrinsics(k, k_hw, depth_hw)  # of the depth image
         ray_x = ((dcol - cx) / fx).astype(np.float32)
         ray_y = ((drow - cy) / fy).astype(np.float32)
         self.ray = np.stack([np.tile(ray_x, rows.size), np.repeat(ray_y, cols.size),
                              np.ones(rows.size * cols.size, np.float32)])  # [3, n]
-        self.fx_labels = fx * lw / dw  # focal length in label pixels: the angular spacing of the samples
 
     @property
     def size(self) -> int:
