@@ -25,11 +25,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from seg_perception.core.trace import END_TO_END, STAGES, TRANSPORT, StageSummary
 from seg_perception.deploy.export import parse_hw
+from seg_perception.errors import UsageError
+from seg_perception.pictures import (CameraView, GridGeometry, draw_costmap, draw_overlay, draw_topdown_classes,
+                                     new_figure, save_figure, stamp_text, write_costmap_png, write_overlay_png)
 
 IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/camera_info", "/camera/semantic_gt"
 DEPTH_TOPIC, TOPDOWN_TOPIC = "/camera/depth/image_raw", "/camera/semantic_gt_topdown"
@@ -58,7 +60,7 @@ class Received:
     overlays: dict[int, np.ndarray] = field(default_factory=dict)
     costmap: np.ndarray | None = None  # int8 [rows=y, cols=x] cells, the latest fused costmap
     costmap_stamp: int = -1
-    costmap_resolution: float = 0.0
+    costmap_grid: GridGeometry | None = None
     layers: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # every costmap layer, by stamp
 
 
@@ -164,20 +166,12 @@ class Collector:
         self.received.layers.setdefault(self._stamp(msg), {})[name] = cells
         if name == FUSED:
             self.received.costmap = cells
-            self.received.costmap_resolution = msg.info.resolution
+            self.received.costmap_grid = GridGeometry(msg.info.resolution, msg.info.origin.position.x,
+                                                      msg.info.origin.position.y)
             self.received.costmap_stamp = self._stamp(msg)
 
     def node_ready(self) -> bool:
         return self.mask_sub.get_publisher_count() > 0
-
-
-def costmap_picture(cells: np.ndarray, scale: int = 4) -> np.ndarray:
-    """BGR picture of an occupancy grid (x forward -> up, y left -> left): free green, lethal red, unknown grey."""
-    view = cells.T[::-1, ::-1]  # rows = x descending, cols = y descending
-    cost = np.clip(view.astype(np.float32), 0, 100) / 100.0
-    bgr = np.stack([np.full_like(cost, 40), 200 * (1 - cost) + 30, 220 * cost + 30], -1).astype(np.uint8)
-    bgr[view < 0] = (128, 128, 128)
-    return cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
 
 def durations_from_chrome_trace(path: Path) -> np.ndarray:
@@ -221,6 +215,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     import rclpy
 
     from seg_perception.backends import resolve_model
+    from seg_perception.data.synthetic import Camera
     from seg_perception.backends.onnxruntime_backend import read_model_info
     from seg_perception.core.trace_export import format_table
     from seg_perception.eval.bag_eval import node_projector
@@ -302,10 +297,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     report, scored = build_report(stats, durations, source, model_identity(model, info),
                                   extra={"demo": asdict(cfg), "seg_node_exit": node_rc, "costmap_iou": costmap_iou,
                                          "wall_s": time.perf_counter() - t_start})
-    write_report(report, scored, out / "report.json")
-    _write_pictures(received, out, cfg.overlays)
+    reports = [path.name for path in write_report(report, scored, out / "report.json")]
+    camera = CameraView.from_intrinsics(Camera.for_image(*cfg.size).focal, cfg.size[1])
+    pictures = _write_pictures(received, out, cfg.overlays, info, camera)
     if compared is not None:
-        cv2.imwrite(str(out / "costmap_compare.png"), comparison_picture(*compared))
+        pictures.append(write_costmap_comparison(out / "costmap_compare.png", *compared, projector.grid, camera,
+                                                 info).name)
 
     print(f"\nmIoU {100 * scored.miou:.2f} % over {stats.num_images} of {cfg.frames} frames "
           f"(through seg_node, model {info.name} {info.input_size[0]}x{info.input_size[1]})")
@@ -319,8 +316,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         print(f"  {key:<12}" + "".join(f"{c:>13}" for c in cells))
     if report["latency_ms"]:
         print("\n" + format_table(stage_summaries(report["latency_ms"]), title="seg_node stage latency"))
-    print(f"\n[demo] outputs in {out}: report.json, report.md, trace.json, overlay_*.png, costmap.png, "
-          f"costmap_compare.png ({time.perf_counter() - t_start:.0f} s)")
+    written = reports + (["trace.json"] if trace_file.is_file() else []) + pictures
+    print(f"\n[demo] outputs in {out}: {', '.join(written)} ({time.perf_counter() - t_start:.0f} s)")
     return report
 
 
@@ -353,28 +350,43 @@ def score_costmaps(received: Received, bag: Path, projector, fused_lut: np.ndarr
     return iou.report(), last
 
 
-def comparison_picture(truth: np.ndarray, flat: np.ndarray, depth: np.ndarray, scale: int = 3) -> np.ndarray:
-    """The true top-down map (class colours, unknown grey) beside the flat-ground and depth fused costmaps, each
-    as costmap_picture draws it (forward up, left left)."""
-    from seg_perception.labels import CITYSCAPES_PALETTE, palette_lut
+def write_costmap_comparison(path: Path, truth: np.ndarray, flat: np.ndarray, depth: np.ndarray, grid, camera,
+                             info) -> Path:
+    """The true top-down map beside the flat-ground and the depth-built fused costmap of one frame, from above."""
+    geometry = GridGeometry(grid.resolution, grid.origin_x, grid.origin_y)
+    fig, (left, middle, right) = new_figure(3, f"costmaps against the true top-down map, model {info.name}: "
+                                               f"flat ground smears obstacles along their rays, depth does not")
+    draw_topdown_classes(left, truth, geometry, info.class_names, info.palette, camera, "true top-down map")
+    draw_costmap(middle, flat, geometry, camera, "flat-ground costmap (from the mask)")
+    draw_costmap(right, depth, geometry, camera, "depth costmap (seg_node)")
+    return save_figure(fig, path)
 
-    lut = palette_lut(CITYSCAPES_PALETTE, ignore_color=(128, 128, 128))[:, ::-1]  # BGR
-    truth_bgr = cv2.resize(lut[truth.T[::-1, ::-1]], None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    panels = [truth_bgr, costmap_picture(flat, scale), costmap_picture(depth, scale)]
-    gap = np.full((truth_bgr.shape[0], 8, 3), 255, np.uint8)
-    return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
 
-
-def _write_pictures(received: Received, out: Path, n_overlays: int) -> None:
-    stamps = sorted(received.overlays)
+def _write_pictures(received: Received, out: Path, n_overlays: int, info, camera: CameraView) -> list[str]:
+    """overlay_*.png with a class legend, costmap.png on metre axes, overview.png (the last costmap beside the
+    overlay of its frame); returns the names written."""
     for old in out.glob("overlay_*.png"):
         old.unlink()
+    written = []
+    stamps = sorted(received.overlays)
     if stamps and n_overlays:
         for k in np.unique(np.linspace(0, len(stamps) - 1, n_overlays).round().astype(int)):
-            bgr = cv2.cvtColor(received.overlays[stamps[k]], cv2.COLOR_RGB2BGR)
-            cv2.imwrite(str(out / f"overlay_{k:03d}.png"), bgr)
+            stamp = stamps[k]
+            written.append(write_overlay_png(
+                out / f"overlay_{k:03d}.png", received.overlays[stamp], received.masks.get(stamp), info.class_names,
+                info.palette, f"seg_node overlay, model {info.name}, frame stamp {stamp_text(stamp)}").name)
     if received.costmap is not None:
-        cv2.imwrite(str(out / "costmap.png"), costmap_picture(received.costmap))
+        stamp = received.costmap_stamp
+        title = f"semantic_costmap from above, model {info.name}, frame stamp {stamp_text(stamp)}"
+        written.append(write_costmap_png(out / "costmap.png", received.costmap, received.costmap_grid, camera,
+                                         title).name)
+        if stamp in received.overlays:
+            fig, (left, right) = new_figure(2, f"seg_node on the synthetic drive, model {info.name}, frame stamp "
+                                               f"{stamp_text(stamp)}: camera overlay and fused costmap")
+            draw_overlay(left, received.overlays[stamp], received.masks.get(stamp), info.class_names, info.palette)
+            draw_costmap(right, received.costmap, received.costmap_grid, camera)
+            written.append(save_figure(fig, out / "overview.png").name)
+    return written
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -392,6 +404,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__})
+    if cfg.frames < 1 or cfg.rate <= 0 or cfg.streets < 1 or cfg.overlays < 0 or cfg.threads < 0:
+        raise UsageError("--frames and --streets must be >= 1, --rate > 0, --overlays and --threads >= 0")
+    from seg_perception.backends import resolve_model
+
+    if not Path(resolve_model(cfg.model)).is_file():  # said before the drive is rendered
+        raise UsageError(f"model file not found: {resolve_model(cfg.model)}")
     try:
         run_demo(cfg)
     except RuntimeError as exc:
