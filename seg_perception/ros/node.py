@@ -41,6 +41,9 @@ from seg_perception.ros.topics import LATCHED, resolve_inputs
 _NOW = trace._NOW
 THROTTLE_S = 5.0  # bad-input log lines: at most one per this many seconds
 LIVE_STAMP_NS = 10_000_000_000  # a header stamp further than this from ROS now is on another clock
+# A frame whose depth image is not in yet waits this long for it, while the depth stream is live (its newest image
+# within DEPTH_LIVE_NS of the frame): with a fast model the frame can be done before its depth is delivered.
+DEPTH_WAIT_S, DEPTH_LIVE_NS = 0.1, 1_000_000_000
 _POSE_PARAMS = {"camera_x": "x", "camera_y": "y", "camera_height": "height", "camera_roll": "roll",
                 "camera_pitch": "pitch", "camera_yaw": "yaw"}
 
@@ -88,7 +91,7 @@ class SegNode(Node):
         self.rejected = self.errors = self.published = self.idle = 0
         self.depth_dropped = 0  # frames whose depth-built outputs stayed unknown (no, late, or bad depth)
         self._depths: collections.deque[Image] = collections.deque(maxlen=8)  # newest last
-        self._depths_lock = threading.Lock()
+        self._depths_arrived = threading.Condition()
         self._depth_decoder = DepthDecoder()
         self._depth_paired = False  # the current frame found its depth image
         self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
@@ -162,8 +165,9 @@ class SegNode(Node):
         self.slot.put(_Frame(msg, arrival, transport))
 
     def _on_depth(self, msg: Image) -> None:
-        with self._depths_lock:
+        with self._depths_arrived:
             self._depths.append(msg)
+            self._depths_arrived.notify_all()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         k, hw = conv.intrinsics(msg)
@@ -288,7 +292,11 @@ class SegNode(Node):
         """The depth image nearest the colour frame's stamp, decoded; None (counted, with the reason in
         last_problem) when there is none within depth_tolerance or it cannot be used."""
         p = self.params
-        with self._depths_lock:
+        earliest = stamp - int(p.depth_tolerance * 1e9)
+        with self._depths_arrived:
+            newest = self._newest_depth_ns()
+            if newest is not None and earliest > newest > stamp - DEPTH_LIVE_NS:
+                self._depths_arrived.wait_for(lambda: self._newest_depth_ns() >= earliest, timeout=DEPTH_WAIT_S)
             msg = min(self._depths, key=lambda m: abs(conv.stamp_to_ns(m.header.stamp) - stamp), default=None)
         if msg is None:
             return self._depth_problem(f"no depth image on '{p.depth_topic}' yet")
@@ -304,6 +312,9 @@ class SegNode(Node):
             return depth
         except DepthError as exc:
             return self._depth_problem(str(exc))
+
+    def _newest_depth_ns(self) -> int | None:
+        return conv.stamp_to_ns(self._depths[-1].header.stamp) if self._depths else None
 
     def _depth_problem(self, problem: str) -> None:
         self.depth_dropped += 1
