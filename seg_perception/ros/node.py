@@ -367,7 +367,8 @@ class SegNode(Node):
     # --- diagnostics ------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         counts = self.slot.counts
-        health = self.health.report(_NOW(), Counts(counts.put, self.published, self.rejected, self.errors),
+        health = self.health.report(_NOW(), Counts(counts.put, self.published, self.rejected, self.errors,
+                                                             self.depth_dropped),
                                     self._last_arrival_ns, self.last_problem)
         info = self.backend.info
         values = {"input_rate_hz": health.input_hz, "output_rate_hz": health.output_hz, "frames_in": counts.put,
