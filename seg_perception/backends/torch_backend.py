@@ -49,20 +49,21 @@ class TorchBackend(Backend):
 
     @classmethod
     def from_zoo(cls, spec: str, device: str = "cpu", fp16: bool = False,
-                 input_size: tuple[int, int] = (512, 1024), threads: int = 0) -> "TorchBackend":
-        """spec: zoo name, optionally ':checkpoint' (random weights without one)."""
-        from seg_perception.deploy.export import model_info_for
-        from seg_perception.models.registry import build_model
+                 input_size: tuple[int, int] = (512, 1024), threads: int = 0,
+                 trusted: bool = False) -> "TorchBackend":
+        """spec: zoo name, optionally ':checkpoint' (random weights without one); `trusted` lets a checkpoint
+        holding more than arrays and plain data be unpickled in full."""
+        from seg_perception.deploy.export import build_for_classes, model_info_for
+        from seg_perception.models.checkpoint import CheckpointError
 
         name, checkpoint = parse_spec(spec)
         try:
-            model = build_model(name)
+            model, classes, _ = build_for_classes(name, checkpoint=checkpoint, trusted=trusted)
         except KeyError as exc:
             raise BackendError(str(exc.args[0])) from None
-        if checkpoint:
-            from seg_perception.models.checkpoint import load_checkpoint
-            load_checkpoint(model, checkpoint)
-        return cls(model, model_info_for(name, tuple(input_size), with_logits=True), device, fp16, threads)
+        except CheckpointError as exc:
+            raise BackendError(str(exc)) from None
+        return cls(model, model_info_for(name, tuple(input_size), classes, with_logits=True), device, fp16, threads)
 
     def infer(self, image: np.ndarray, want_logits: bool = False) -> InferenceOutputs:
         self.check_input(image)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
-from seg_perception.backends import BACKENDS
+from seg_perception.backends import BACKENDS, is_file_artifact, resolve_model
 from seg_perception.core.costmap import CameraPose, GridSpec
 
 INPUT_QOS = ("sensor_data", "best_effort", "reliable")
@@ -37,6 +37,8 @@ class Spec:
 # Camera pose parameters may be tuned live (e.g. while calibrating the pitch against a known floor).
 PARAMETERS: dict[str, Spec] = {
     "model": Spec("", "ONNX file, TensorRT engine (.engine/.plan) or zoo name; empty = the embedded default model"),
+    "trust_checkpoint": Spec(False, "with model 'zoo-name:checkpoint', unpickle a checkpoint that holds more than "
+                                    "arrays and plain data, running any code it holds; only for files you trust"),
     "backend": Spec("auto", "inference backend", choices=BACKENDS),
     "threads": Spec(0, "CPU inference threads (0 = the backend's default)", range=(0, 256)),
     "warmup_frames": Spec(2, "black frames run through the model before subscribing: the first runs allocate and "
@@ -98,6 +100,7 @@ PARAMETERS: dict[str, Spec] = {
 @dataclass
 class NodeParams:
     model: str
+    trust_checkpoint: bool
     backend: str
     threads: int
     warmup_frames: int
@@ -141,6 +144,8 @@ class NodeParams:
     def backend_options(self) -> dict:
         """Keyword options for `open_backend`: the engine-build ones only when TensorRT builds from ONNX."""
         options = {"threads": self.threads} if self.threads else {}
+        if self.trust_checkpoint and not is_file_artifact(resolve_model(self.model)):
+            options["trusted"] = True  # only the torch backend reads checkpoints
         if self.backend == "tensorrt" and self.model.endswith(".onnx"):
             options.update(precision=self.trt_precision, rebuild=self.engine_rebuild,
                            cache_dir=self.engine_cache_dir or None)
