@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ torch = pytest.importorskip("torch", reason="training needs the [models] extra (
 from seg_perception.data.synthetic import write_cityscapes  # noqa: E402
 from seg_perception.eval.cityscapes import find_samples  # noqa: E402
 from seg_perception.labels import IGNORE_ID  # noqa: E402
+from seg_perception.models.checkpoint import CheckpointError  # noqa: E402
 from seg_perception.train import TrainConfig, augment, poly_lr, train, train_ids_of  # noqa: E402
 
 
@@ -83,6 +85,23 @@ def test_checkpoint_resume_continues_where_it_stopped(data, tmp_path):
     assert changed  # and it trained on
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling creates the marker file
+        return builtins.open, (self.marker, "w")
+
+
+def test_resume_refuses_a_file_carrying_code(data, tmp_path):
+    marker = tmp_path / "payload_ran"
+    torch.save({"model": {}, "optimizer": {}, "epoch": 1, "iteration": 2, "best_miou": 0.0,
+                "hook": _Payload(marker)}, tmp_path / "last.pth")
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        train(_cfg(data, tmp_path / "run", resume=str(tmp_path / "last.pth")))
+    assert not marker.exists()
 
 
 def test_cli_trains_reports_miou_and_exports_onnx(data, tmp_path):

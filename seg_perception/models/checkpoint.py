@@ -154,9 +154,10 @@ def read_file(path: Path, trusted: bool = False):
             raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
         # torch's message is a page of advice; the offending global is the part worth one line
         found = re.search(r"(?:GLOBAL |global ')([\w.]+)", str(exc))
-        detail = f"global '{found.group(1)}'" if found else str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"refused to load {path}: it holds more than arrays and plain data ({detail}); "
-                              f"{TRUST_HINT}") from None
+        if not found:  # no object refused: the bytes are not a pickle we can read
+            raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch or pickle file") from None
+        raise CheckpointError(f"refused to load {path}: it holds more than arrays and plain data (global "
+                              f"'{found.group(1)}'); {TRUST_HINT}") from None
     except (EOFError, RuntimeError, ValueError) as exc:  # truncated or not a checkpoint at all
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
