@@ -159,6 +159,7 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from seg_perception.classes import ClassesError
     from seg_perception.deploy.export import build_for_classes
     from seg_perception.models.checkpoint import load_checkpoint, read_file
 
@@ -171,6 +172,12 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
     val_samples = find_samples(cfg.data, cfg.val_split) if cfg.val_split else []
 
     model, classes, _ = build_for_classes(cfg.model, _classes(cfg))
+    if classes.source != "cityscapes":  # labelIds map to Cityscapes train ids only
+        without = [x.key for x in train_samples + val_samples
+                   if not x.gt.with_name(x.key + TRAIN_IDS_SUFFIX).is_file()]
+        if without:
+            raise ClassesError(f"with --classes {classes.source}, labels are read as class ids from "
+                               f"*{TRAIN_IDS_SUFFIX}; {len(without)} samples have none (first: {without[0]})")
     if cfg.checkpoint:
         print(load_checkpoint(model, cfg.checkpoint, strict=False, trusted=cfg.trust_checkpoint).describe())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -294,7 +301,7 @@ def run(args) -> int:
         return fail("train", str(exc))
     try:
         results = train(cfg)
-    except CheckpointError as exc:
+    except (CheckpointError, ClassesError) as exc:
         return fail("train", str(exc))
     scored = [r.miou for r in results if r.miou is not None]
     if scored:
