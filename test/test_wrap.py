@@ -139,11 +139,35 @@ def test_labels_and_probability_outputs(segformer, classes, tmp_path, kind):
         assert np.abs(confidence.astype(int) - (up.amax(1)[0] * 255).round().numpy()).max() <= 1
 
 
-def _graph(path, inputs, outputs, nodes, opset: int = 17):
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs),
+def _graph(path, inputs, outputs, nodes, opset: int = 17, initializers=()):
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, list(initializers)),
                               opset_imports=[helper.make_opsetid("", opset)])
     onnx.save(model, str(path))
     return path
+
+
+@pytest.mark.parametrize("opset", [11, 18])  # Resize's roi/scales must be present at 11; reduce axes move around
+def test_opsets_the_post_processing_spans(tmp_path, opset):
+    """A 1x1 conv classifier at stride 2 (NHWC input), written at the oldest and a newer opset."""
+    rng = np.random.default_rng(opset)
+    weight = rng.normal(size=(5, 3, 1, 1)).astype(np.float32)  # one score per class of write_classes
+    f = TensorProto.FLOAT
+    src = _graph(tmp_path / f"conv{opset}.onnx", [helper.make_tensor_value_info("x", f, [1, 32, 48, 3])],
+                 [helper.make_tensor_value_info("y", f, [1, 5, 16, 24])],
+                 [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+                  helper.make_node("Conv", ["xt", "w"], ["c"]),
+                  helper.make_node("AveragePool", ["c"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+                 opset=opset, initializers=[onnx.numpy_helper.from_array(weight, "w")])
+    out = tmp_path / f"conv{opset}_wrapped.onnx"
+    wrap_onnx(src, out, WrapOptions(classes=load_classes(str(write_classes(tmp_path / "c.yaml"))), mean=(0, 0, 0),
+                                    std=(255, 255, 255)))
+    image = scene(opset)[:32, :48].copy()
+    x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    logits = F.avg_pool2d(F.conv2d(x, torch.from_numpy(weight)), 2)
+    up = F.interpolate(logits, size=(32, 48), mode="bilinear", align_corners=False)
+    labels, confidence = run_wrapped(out, image)
+    assert np.mean(labels == up.argmax(1)[0].numpy()) >= 0.999
+    assert np.abs(confidence.astype(int) - (torch.softmax(up, 1).amax(1)[0] * 255).round().numpy()).max() <= 1
 
 
 def test_graphs_it_cannot_wrap_are_refused(segformer, tmp_path, capsys):
