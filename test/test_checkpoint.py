@@ -180,6 +180,19 @@ def test_checkpoints_carrying_code_are_refused_and_the_code_never_runs(tmp_path,
     assert marker.exists()
 
 
+def test_zoo_name_with_checkpoint_in_the_node_refuses_code_unless_trusted(tmp_path, official):
+    """seg_node's `model:=metaseg-t:file` opens the torch backend; its error is what the node prints on exit."""
+    from seg_perception.backends import BackendError
+    from seg_perception.backends.torch_backend import TorchBackend
+
+    marker, pkl, _ = _payload_files(tmp_path, official)
+    with pytest.raises(BackendError, match="trust_checkpoint:=true"):
+        TorchBackend.from_zoo(f"metaseg-t:{pkl}", input_size=(64, 64))
+    assert not marker.exists()
+    TorchBackend.from_zoo(f"metaseg-t:{pkl}", input_size=(64, 64), trusted=True).close()
+    assert marker.exists()
+
+
 def test_plain_checkpoints_need_no_trust_and_garbage_is_a_clear_error(tmp_path, official):
     path = tmp_path / "plain.pth"
     torch.save({"state_dict": official, "epoch": 3, "config": {"crop": (64, 64)}}, path)
