@@ -19,7 +19,7 @@ import numpy as np
 
 from seg_perception.deploy.export import add_classes_argument, add_trust_argument, fail, parse_hw
 from seg_perception.eval.cityscapes import Sample, find_samples, read_ids, read_rgb
-from seg_perception.eval.metrics import LABEL_TO_TRAIN, NUM_CLASSES, EvalStats, accumulate, scores
+from seg_perception.eval.metrics import LABEL_TO_TRAIN, EvalStats, accumulate, scores
 from seg_perception.labels import IGNORE_ID, IMAGENET_MEAN, IMAGENET_STD
 
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
@@ -117,14 +117,14 @@ def _dataset_cls():
     return CityscapesCrops
 
 
-def evaluate(model, samples: list[Sample], input_size: tuple[int, int], num_classes: int = 19) -> float | None:
+def evaluate(model, samples: list[Sample], input_size: tuple[int, int], num_classes: int | None = None) -> float | None:
     """mIoU of `model` on `samples`: images resized to input_size, logits resized back to the label size.
-    Cityscapes' 19 train ids are scored by the project's Cityscapes metrics; other class sets by a plain
-    confusion matrix over their ids (255 ignored)."""
+    Cityscapes train ids (num_classes None) are scored by the project's Cityscapes metrics; another class set's
+    ids by a plain confusion matrix (ids >= num_classes, such as 255, ignored)."""
     import torch
     import torch.nn.functional as F
     stats = EvalStats()
-    confusion = np.zeros((num_classes, num_classes), np.int64)
+    confusion = np.zeros((num_classes or 0, num_classes or 0), np.int64)
     model.eval()
     with torch.inference_mode():
         for s in samples:
@@ -133,14 +133,14 @@ def evaluate(model, samples: list[Sample], input_size: tuple[int, int], num_clas
             logits = model(_to_tensor(rgb)[None])
             logits = F.interpolate(logits, size=gt.shape, mode="bilinear", align_corners=False)
             pred = logits.argmax(1)[0].to(torch.uint8).numpy()
-            if num_classes == NUM_CLASSES:
+            if num_classes is None:
                 accumulate(stats, gt, pred, "trainIds", "trainIds")
             else:
                 valid = gt < num_classes
                 confusion += np.bincount(gt[valid].astype(np.int64) * num_classes + pred[valid],
                                          minlength=num_classes ** 2).reshape(num_classes, num_classes)
     model.train()
-    if num_classes == NUM_CLASSES:
+    if num_classes is None:
         return scores(stats).miou
     union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
     present = union > 0
@@ -217,7 +217,8 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
             if iteration >= total:
                 break
         bar.close()
-        miou = evaluate(model, val_samples, cfg.input_size, len(classes)) if val_samples else None
+        own = None if classes.source == "cityscapes" else len(classes)
+        miou = evaluate(model, val_samples, cfg.input_size, own) if val_samples else None
         result = EpochResult(epoch + 1, iteration, float(np.mean(losses)), miou, time.perf_counter() - t0)
         results.append(result)
         if miou is not None and miou > best:
