@@ -75,7 +75,7 @@ def test_seg_node_serves_the_users_model(request, which, costs, peer, start_node
                            warmup_frames=1, **costs))
     for topic in ("/semantic_mask", "/semantic_mask/color"):
         peer.subscribe(Image, topic)
-    pub = peer.publisher(Image, "/camera/image_raw")
+    pub = peer.publisher(Image, "/image_raw")  # the node's relative default, in no namespace
     serve_until_ready(peer, pub, lambda s: image_msg(frame, s), timeout=120.0)
     stamp = peer.now()
     pub.publish(image_msg(frame, stamp))
