@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from seg_perception.errors import UsageError
 from seg_perception.labels import ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IGNORE_ID
 
 BUILTIN = {"cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE), "ade20k": (ADE20K_CLASSES, ADE20K_PALETTE)}
@@ -16,7 +17,7 @@ MAX_CLASSES = IGNORE_ID  # labels are uint8 and 255 means "no class"
 MAX_FILE_BYTES = 1 << 20  # a class list is a few kB; a bigger file is a mistake, not a class list
 
 
-class ClassesError(ValueError):
+class ClassesError(UsageError, ValueError):
     """A class set that cannot be used; the message names the file and the entry."""
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_perception.deploy.export import add_classes_argument, add_trust_argument, fail, parse_hw
+from seg_perception.deploy.export import add_classes_argument, add_trust_argument, parse_hw
 from seg_perception.eval.cityscapes import Sample, find_samples, read_ids, read_rgb
 from seg_perception.eval.metrics import LABEL_TO_TRAIN, EvalStats, accumulate, scores
 from seg_perception.labels import IGNORE_ID, IMAGENET_MEAN, IMAGENET_STD
@@ -166,8 +166,6 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     train_samples = find_samples(cfg.data, cfg.train_split)
     val_samples = find_samples(cfg.data, cfg.val_split) if cfg.val_split else []
 
@@ -178,6 +176,8 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
         if without:
             raise ClassesError(f"with --classes {classes.source}, labels are read as class ids from "
                                f"*{TRAIN_IDS_SUFFIX}; {len(without)} samples have none (first: {without[0]})")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     if cfg.checkpoint:
         print(load_checkpoint(model, cfg.checkpoint, strict=False, trusted=cfg.trust_checkpoint).describe())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -287,23 +287,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from seg_perception.classes import ClassesError
-    from seg_perception.models.checkpoint import CheckpointError
-    from seg_perception.models.registry import get_variant
-
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    try:  # the user's mistakes, before any data is read
-        get_variant(cfg.model)
-        _classes(cfg)
-    except KeyError as exc:
-        return fail("train", str(exc.args[0]))
-    except ClassesError as exc:
-        return fail("train", str(exc))
-    try:
-        results = train(cfg)
-    except (CheckpointError, ClassesError) as exc:
-        return fail("train", str(exc))
+    results = train(cfg)
     scored = [r.miou for r in results if r.miou is not None]
     if scored:
         print(f"best val mIoU {max(scored):.4f}")

@@ -8,10 +8,10 @@ x 255) at model resolution, optionally `logits` float32. Everything the runtime 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from seg_perception.backends.base import ModelInfo
+from seg_perception.errors import OptionError
 
 OPSET = 17
 
@@ -82,8 +82,9 @@ def deploy_wrapper(model, info: ModelInfo, with_logits: bool, dynamic: bool = Fa
             self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
         def forward(self, image):
-            # Cast before the transpose: TensorRT lets UINT8 tensors feed only a Cast.
-            x = (image.float().permute(0, 3, 1, 2) - self.mean) * self.inv_std
+            # Cast first: TensorRT lets UINT8 tensors feed only a Cast (no Transpose, no Shape).
+            pixels = image.float()
+            x = (pixels.permute(0, 3, 1, 2) - self.mean) * self.inv_std
             low = None
             if torch.onnx.is_in_onnx_export() and hasattr(self.model, "forward_lowres"):
                 low = self.model.forward_lowres(x)
@@ -91,7 +92,7 @@ def deploy_wrapper(model, info: ModelInfo, with_logits: bool, dynamic: bool = Fa
                 return self.outputs(self.model(x), dim=1)
             (n, k, _, _), (_, h, w, _) = static_shape(low), static_shape(image)
             sizes = (n, h, w, k)
-            scores = resize_nhwc.apply(low.permute(0, 2, 3, 1), image, sizes, self.dynamic)  # 1, H, W, K
+            scores = resize_nhwc.apply(low.permute(0, 2, 3, 1), pixels, sizes, self.dynamic)  # 1, H, W, K
             return self.outputs(scores, dim=3)
 
         def outputs(self, logits, dim: int):
@@ -193,7 +194,7 @@ def export_zoo(name: str, input_size: tuple[int, int], out: str | Path, checkpoi
 
     family = get_variant(name).family
     if dynamic and family not in DYNAMIC_FAMILIES:
-        raise ValueError(f"--dynamic is not supported for {name}: a {family} graph fixes size-dependent tables "
+        raise OptionError(f"--dynamic is not supported for {name}: a {family} graph fixes size-dependent tables "
                          f"when exported; export one file per input size (supported: {sorted(DYNAMIC_FAMILIES)})")
     model, classes, report = build_for_classes(name, classes, checkpoint, trusted)
     if report is not None:
@@ -207,6 +208,8 @@ def parse_hw(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW such as 512x1024, got '{text}'") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive HxW such as 512x1024, got '{text}'")
     return h, w
 
 
@@ -238,30 +241,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after export, check the graph against TensorRT's ONNX parser (default: newest known)")
 
 
-def fail(command: str, message: str) -> int:
-    """A user error as one line on stderr; exit status 2."""
-    print(f"seg-perception {command}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args) -> int:
-    from seg_perception.classes import ClassesError, load_classes
-    from seg_perception.models.checkpoint import CheckpointError
+    from seg_perception.classes import load_classes
+    from seg_perception.models.registry import get_variant
 
+    get_variant(args.model)  # an unknown name first: no other answer helps before it is fixed
     if args.checkpoint and args.random_weights:
-        return fail("export", "--checkpoint and --random-weights exclude each other")
+        raise OptionError("--checkpoint and --random-weights exclude each other")
     if not args.checkpoint and not args.random_weights:
-        return fail("export", "no weights: pass --checkpoint FILE (official or seg-perception), or --random-weights "
-                              "for a graph with random weights (tests and timing only)")
-    try:
-        classes = load_classes(args.classes) if args.classes else None
-        path = export_zoo(args.model, args.input_size, args.out, checkpoint=args.checkpoint,
-                          with_logits=args.logits, dynamic=args.dynamic, opset=args.opset, classes=classes,
-                          trusted=args.trust_checkpoint)
-    except KeyError as exc:  # unknown zoo name
-        return fail("export", str(exc.args[0]))
-    except (CheckpointError, ClassesError, ValueError) as exc:
-        return fail("export", str(exc))
+        raise OptionError("no weights: pass --checkpoint FILE (official or seg-perception), or --random-weights "
+                          "for a graph with random weights (tests and timing only)")
+    classes = load_classes(args.classes) if args.classes else None
+    path = export_zoo(args.model, args.input_size, args.out, checkpoint=args.checkpoint, with_logits=args.logits,
+                      dynamic=args.dynamic, opset=args.opset, classes=classes, trusted=args.trust_checkpoint)
     print(f"wrote {path} (opset {args.opset}, input {args.input_size[0]}x{args.input_size[1]})")
     if args.check_trt:
         from seg_perception.deploy.trt_compat import check_onnx

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from seg_perception.backends.base import ModelInfo
+from seg_perception.errors import UsageError
 
 
 def model_card(path: str | Path, trt_version: str = "latest") -> dict:
@@ -22,17 +23,17 @@ def model_card(path: str | Path, trt_version: str = "latest") -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"model file not found: {path}")
+        raise UsageError(f"model file not found: {path}")
     if path.suffix != ".onnx":
-        raise ValueError(f"{path}: info reads ONNX files (an engine's card is the ONNX file it was built from)")
+        raise UsageError(f"{path}: info reads ONNX files (an engine's card is the ONNX file it was built from)")
     try:
         proto = onnx.load(str(path))
     except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX model
-        raise ValueError(f"cannot read ONNX model {path}: {exc}".splitlines()[0]) from None
+        raise UsageError(f"cannot read ONNX model {path}: {exc}".splitlines()[0]) from None
     try:
         info = ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props})
     except ValueError:
-        raise ValueError(f"{path} has no seg-perception model card: make one with `seg-perception wrap` "
+        raise UsageError(f"{path} has no seg-perception model card: make one with `seg-perception wrap` "
                          "(a third-party graph) or `seg-perception export` (a zoo model)") from None
 
     def tensors(values) -> list[dict]:
@@ -85,11 +86,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from seg_perception.deploy.export import fail
-
-    try:
-        card = model_card(args.model, args.trt_version)
-    except ValueError as exc:
-        return fail("info", str(exc))
+    card = model_card(args.model, args.trt_version)
     print(json.dumps(card, indent=1) if args.json else format_card(card))
     return 0

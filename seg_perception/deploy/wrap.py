@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from seg_perception.backends.base import ModelInfo
+from seg_perception.errors import UsageError
 from seg_perception.labels import IMAGENET_MEAN, IMAGENET_STD
 
 OUTPUT_KINDS = ("logits", "probabilities", "labels")
@@ -25,7 +26,7 @@ _FLOAT_TYPES = {1: np.float32, 10: np.float16}  # ONNX TensorProto element type 
 _PREFIX = "seg_perception_wrap/"  # names of every tensor and node this module adds
 
 
-class WrapError(ValueError):
+class WrapError(UsageError, ValueError):
     """A graph this tool cannot wrap, or options that do not fit it; the message says which and why."""
 
 
@@ -385,16 +386,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from seg_perception.classes import ClassesError, load_classes
-    from seg_perception.deploy.export import fail
+    from seg_perception.classes import load_classes
 
-    try:
-        classes = load_classes(args.classes) if args.classes else None
-        options = WrapOptions(args.input_size, args.layout, args.channel_order, args.mean, args.std, args.output,
-                              classes, args.name)
-        info = wrap_onnx(args.onnx, args.out, options)
-    except (WrapError, ClassesError) as exc:  # ClassesError: default_for found no builtin set of that size
-        return fail("wrap", str(exc))
+    classes = load_classes(args.classes) if args.classes else None
+    options = WrapOptions(args.input_size, args.layout, args.channel_order, args.mean, args.std, args.output,
+                          classes, args.name)
+    info = wrap_onnx(args.onnx, args.out, options)
     h, w = info.input_size
     print(f"wrote {args.out}: {info.name}, input {h}x{w} uint8 RGB, {info.num_classes} classes, "
           f"labels and confidence at the input size")

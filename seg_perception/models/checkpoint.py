@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg_perception.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 # Containers official training code nests the weights in, tried in order.
@@ -42,7 +44,9 @@ _NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multi
                   ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError, RuntimeError):
+    """A checkpoint that is missing, unreadable, refused or does not fit the model; the message says which."""
+
     def __init__(self, message: str, report: "LoadReport | None" = None) -> None:
         super().__init__(message)
         self.report = report  # what did not match, when the file was read but does not fit the model
