@@ -280,7 +280,7 @@ def _rename(graph, old: str, new: str) -> None:
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 _rename(sub, old, new)
-    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info) + list(graph.initializer):
         if value.name == old:
             value.name = new
 
