@@ -101,3 +101,15 @@ def test_export_refusals_are_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, ["export", "metaseg-t", "--checkpoint", str(ckpt), "--classes", "ade20k", *out])
     assert "predicts 19 classes but --classes ade20k has 150" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_evaluation_refuses_a_model_of_other_classes():
+    """Cityscapes and bag evaluation score Cityscapes train ids; a card with other classes cannot be scored."""
+    from seg_perception.backends.base import ModelInfo
+    from seg_perception.eval import EvalError
+    from seg_perception.eval.inference import InferenceConfig
+
+    own = load_classes("ade20k")
+    with pytest.raises(EvalError, match="predicts its own 150 classes"):
+        InferenceConfig().check(ModelInfo(name="m", class_names=own.names, palette=own.palette))
+    InferenceConfig().check(ModelInfo(name="m"))  # the Cityscapes default passes
