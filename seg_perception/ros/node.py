@@ -135,7 +135,7 @@ class SegNode(Node):
         self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.name} "
+            f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.describe()} "
             f"(warm-up: {p.warmup_frames} frames, {warm_up_ms:.0f} ms); "
             f"listening on {self.inputs.image} ({p.input_type}, {p.input_qos}), camera_info on "
             f"{self.inputs.camera_info or '(none: fx/fy/cx/cy)'}; camera pose from "
