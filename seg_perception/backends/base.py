@@ -96,6 +96,10 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Free sessions, engines and buffers."""
 
+    def interrupt(self) -> None:
+        """Ask an `infer` running on another thread to stop soon (it then raises); by default it runs to its end.
+        Used at shutdown, so that a slow model does not hold the process."""
+
     def warm_up(self, frames: int = 2) -> None:
         """Run `frames` black images: the first runs allocate memory and pick kernels, and are several times
         slower than the steady state (SegMAN-B, ONNX Runtime CPU, 512x1024: 12.7 s, 16.7 s, then 8.7 s)."""

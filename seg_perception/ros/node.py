@@ -23,12 +23,13 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from seg_perception.backends import BackendError, open_backend
+from seg_perception.backends import BackendError, is_file_artifact, open_backend
 from seg_perception.core import trace
 from seg_perception.core.costmap import FUSED, GroundProjector
 from seg_perception.core.frame_slot import LatestFrameSlot
 from seg_perception.core.image_codec import ImageDecodeError
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
+from seg_perception.output_files import check_writable
 from seg_perception.ros import conversions as conv
 from seg_perception.ros.params import ParameterError, declare
 
@@ -53,6 +54,14 @@ class SegNode(Node):
     def __init__(self, **node_kwargs) -> None:
         super().__init__("seg_node", **node_kwargs)
         p = self.params = declare(self)
+        if p.model and not is_file_artifact(p.model) and ":" not in p.model:
+            raise ParameterError("model", f"zoo name '{p.model}' without a checkpoint would run random weights; give "
+                                          f"'{p.model}:<checkpoint file>' or an exported ONNX file")
+        if p.trace_file:
+            try:
+                check_writable(p.trace_file)
+            except OSError as exc:
+                raise ParameterError("trace_file", str(exc)) from None
         self.backend = open_backend(p.model, p.backend, **p.backend_options())
         info = self.backend.info
         start = _NOW()
@@ -67,11 +76,14 @@ class SegNode(Node):
         self.projector = GroundProjector(p.grid(), p.pose(), info.class_names, costs, p.default_cost,
                                          p.costmap_classes)
         self.tracer = trace.Tracer(capacity=max(4096, 2 * p.trace_window))
-        self.pipeline = SegPipeline(self.backend, p.output_resolution, self.projector, self.tracer, p.overlay_alpha)
+        self.pipeline = SegPipeline(self.backend, p.output_resolution, self.projector, self.tracer, p.overlay_alpha,
+                                    p.max_input_pixels)
         self.slot: LatestFrameSlot[_Frame] = LatestFrameSlot()
-        self.rejected = self.errors = self.published = self.idle = 0
+        self.rejected = self.errors = self.published = self.idle = self.camera_info_rejected = 0
         self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
-        self._camera_info: CameraInfo | None = None
+        self._camera_info: CameraInfo | None = None  # the latest one with valid fields (set by the executor)
+        self._misfit_camera_info: CameraInfo | None = None  # the latest one refused for its size (counted once)
+        self._fitting_intrinsics: tuple[np.ndarray, tuple[int, int], CameraInfo] | None = None  # the last good one
 
         # Outputs, all relative names so a namespace moves them together.
         out_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE if p.output_qos == "reliable"
@@ -119,13 +131,18 @@ class SegNode(Node):
         self.slot.put(_Frame(msg, arrival, transport))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        k, hw = conv.intrinsics(msg)
-        if k[0, 0] <= 0 or min(hw) <= 0:
-            self.get_logger().warning(f"ignoring CameraInfo without intrinsics or size on "
-                                      f"{self.params.camera_info_topic}", throttle_duration_sec=THROTTLE_S)
-            return
-        self._camera_info = msg
-        self.projector.set_intrinsics(k, hw)
+        problem = conv.camera_info_problem(msg)
+        if problem:
+            self._refuse_camera_info(problem)
+        else:
+            self._camera_info = msg  # the worker takes it on its next frame
+
+    def _refuse_camera_info(self, problem: str) -> None:
+        """Count and report a CameraInfo the node will not use; it keeps the last good one or fx/fy/cx/cy."""
+        self.camera_info_rejected += 1
+        self.last_problem = f"CameraInfo refused: {problem}"
+        self.get_logger().warning(f"ignoring CameraInfo on {self.params.camera_info_topic}: {problem}",
+                                  throttle_duration_sec=THROTTLE_S)
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
         pose = {}
@@ -209,19 +226,29 @@ class SegNode(Node):
                 pub.publish(self._out_layers[name].fill(header.stamp, cells))
         if want_info and k_source is not None:
             out_hw = cam_hw if self.params.output_resolution == "camera" else self.backend.info.input_size
-            k, k_hw = k_source
-            self.pub_info.publish(conv.scaled_camera_info(self._out_info, k, k_hw, out_hw, header,
-                                                          self._camera_info))
+            k, k_hw, source = k_source
+            self.pub_info.publish(conv.scaled_camera_info(self._out_info, k, k_hw, out_hw, header, source))
         tracer.span(slot, trace.PUBLISH, t_pub)
         tracer.commit(slot)
         self.published += 1
         if want_latency:
             self.pub_latency.publish(self._latency_msg(header, slot, result.inference_ms))
 
-    def _intrinsics(self, cam_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]] | None:
-        """K and the image size it belongs to: CameraInfo when one arrived, else the fx/fy/cx/cy parameters."""
-        if self._camera_info is not None:
-            return conv.intrinsics(self._camera_info)
+    def _intrinsics(self, cam_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int], CameraInfo | None] | None:
+        """K, the image size it belongs to and its CameraInfo: the last valid CameraInfo whose size fits the frame,
+        else the fx/fy/cx/cy parameters (then no CameraInfo)."""
+        info, fitting = self._camera_info, self._fitting_intrinsics
+        if info is not None and info is not self._misfit_camera_info and (fitting is None or info is not fitting[2]):
+            k, k_hw = conv.intrinsics(info)
+            if conv.same_aspect(k_hw, cam_hw):
+                fitting = self._fitting_intrinsics = (k, k_hw, info)
+            else:
+                self._misfit_camera_info = info
+                self._refuse_camera_info(f"it is for {k_hw[1]}x{k_hw[0]} images, the camera sends "
+                                         f"{cam_hw[1]}x{cam_hw[0]} (another aspect ratio)")
+        if fitting is not None and conv.same_aspect(fitting[1], cam_hw):
+            self.projector.set_intrinsics(fitting[0], fitting[1])
+            return fitting
         p = self.params
         if p.fx <= 0:
             self.get_logger().warning(
@@ -231,7 +258,7 @@ class SegNode(Node):
         h, w = cam_hw
         k = conv.k_matrix(p.fx, p.fy or p.fx, p.cx if p.cx >= 0 else (w - 1) / 2, p.cy if p.cy >= 0 else (h - 1) / 2)
         self.projector.set_intrinsics(k, cam_hw)
-        return k, cam_hw
+        return k, cam_hw, None
 
     def _latency_msg(self, header, slot: int, inference_ms: float) -> DiagnosticArray:
         durations = trace.span_durations_ms(self.tracer.spans[slot:slot + 1])[0]
@@ -258,7 +285,8 @@ class SegNode(Node):
         info = self.backend.info
         values = {"input_rate_hz": in_hz, "output_rate_hz": out_hz, "frames_in": counts.put,
                   "frames_out": self.published, "dropped": counts.dropped, "rejected": self.rejected,
-                  "errors": self.errors, "idle_no_subscribers": self.idle, "backend": self.backend.name,
+                  "errors": self.errors, "camera_info_rejected": self.camera_info_rejected,
+                  "idle_no_subscribers": self.idle, "backend": self.backend.name,
                   "model": info.name, "model_input": f"{info.input_size[0]}x{info.input_size[1]}",
                   "input_topic": self.params.subscribed_topic, "last_problem": self.last_problem}
         for stage, s in self.tracer.summary(self.params.trace_window).items():
@@ -279,9 +307,11 @@ class SegNode(Node):
 
     # --- shutdown ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the worker (waiting at most ~1.5 s for a frame in flight) and write the trace file."""
+        """Stop the worker, then write the trace file and close the backend. A frame in flight is cut short where
+        the backend can (ONNX Runtime) and waited for where it cannot: the backend is never closed under it."""
         self.slot.close()
-        self._worker.join(timeout=1.5)
+        self.backend.interrupt()
+        self._worker.join()
         if self.params.trace_file and self.tracer.committed:
             try:  # a trace that cannot be written must not spoil a clean exit
                 from seg_perception.core.trace_export import write_trace
@@ -297,7 +327,7 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers that shut the context down
     try:
         node = SegNode()
-    except (ParameterError, BackendError, ValueError) as exc:
+    except (ParameterError, BackendError, ValueError, OSError) as exc:
         rclpy.logging.get_logger("seg_node").fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 2

@@ -10,13 +10,19 @@ import math
 from dataclasses import dataclass, fields
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.expand_topic_name import expand_topic_name
 from rclpy.node import Node
+from rclpy.validate_full_topic_name import validate_full_topic_name
 
 from seg_perception.backends import BACKENDS
 from seg_perception.core.costmap import CameraPose, GridSpec
+from seg_perception.core.image_codec import MAX_PIXELS
 
 INPUT_QOS = ("sensor_data", "best_effort", "reliable")
 OUTPUT_QOS = ("reliable", "best_effort")
+TRACE_SUFFIXES = (".json", ".csv", ".png")
+# Building the ground remap table costs ~100 bytes per cell: 10 M cells (e.g. 100 m x 100 m at 3 cm) is ~1 GB.
+MAX_GRID_CELLS = 10_000_000
 
 
 class ParameterError(ValueError):
@@ -52,6 +58,8 @@ PARAMETERS: dict[str, Spec] = {
                        choices=("raw", "compressed")),
     "input_qos": Spec("sensor_data", "input QoS reliability", choices=INPUT_QOS),
     "input_depth": Spec(1, "input queue depth (1 = newest frame only)", range=(1, 100)),
+    "max_input_pixels": Spec(MAX_PIXELS, "frames of more pixels are rejected before decoding (size from the message "
+                                         "or PNG/JPEG header)", range=(1, 1_000_000_000)),
     "output_qos": Spec("reliable", "output QoS reliability (a reliable publisher also serves best-effort "
                                    "subscribers)", choices=OUTPUT_QOS),
     "camera_info_topic": Spec("/camera/camera_info", "sensor_msgs/CameraInfo topic; empty = use fx/fy/cx/cy"),
@@ -108,6 +116,7 @@ class NodeParams:
     input_type: str
     input_qos: str
     input_depth: int
+    max_input_pixels: int
     output_qos: str
     camera_info_topic: str
     output_resolution: str
@@ -157,8 +166,13 @@ class NodeParams:
                           self.camera_yaw)
 
     def grid(self) -> GridSpec:
-        return GridSpec(self.costmap_resolution, self.costmap_size_x, self.costmap_size_y, self.costmap_origin_x,
+        grid = GridSpec(self.costmap_resolution, self.costmap_size_x, self.costmap_size_y, self.costmap_origin_x,
                         self.costmap_origin_y, self.costmap_frame, self.costmap_max_range, self.costmap_ignore_bottom)
+        if grid.width * grid.height > MAX_GRID_CELLS:
+            raise ParameterError("costmap_resolution", f"a {self.costmap_size_x:g} m x {self.costmap_size_y:g} m grid "
+                                 f"at {self.costmap_resolution:g} m is {grid.width * grid.height:.3g} cells, more than "
+                                 f"{MAX_GRID_CELLS:.0e}: use coarser cells or a smaller costmap")
+        return grid
 
     def costs(self) -> dict[str, int]:
         """cost_table as {class name: cost}."""
@@ -196,6 +210,14 @@ def check(name: str, value: object) -> None:
         raise ParameterError(name, f"'{value}' is not one of {', '.join(spec.choices)}")
     if name == "input_topic" and not value:
         raise ParameterError(name, "must not be empty")
+    if name in ("input_topic", "camera_info_topic") and value:
+        try:
+            validate_full_topic_name(expand_topic_name(value, "seg_node", "/"))
+        except Exception as exc:  # rclpy raises ValueError or InvalidTopicNameException, with a multi-line text
+            raise ParameterError(name, f"'{value}' is not a valid topic name: "
+                                       f"{str(exc).splitlines()[0].split(', at /')[0]}") from None
+    if name == "trace_file" and value and not value.lower().endswith(TRACE_SUFFIXES):
+        raise ParameterError(name, f"'{value}' must end in one of {', '.join(TRACE_SUFFIXES)}")
 
 
 def declare(node: Node) -> NodeParams:
