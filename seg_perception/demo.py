@@ -5,6 +5,9 @@
 3. replay the bag into it over real ROS 2 topics (`seg-perception replay`);
 4. receive masks, overlays and the fused costmap here, score the masks against the ground truth;
 5. stop the node (it writes its stage trace), print mIoU and per-stage latency, write everything to --out.
+
+--out must be new, empty, or a folder an earlier demo wrote: the demo replaces only the files it recorded making
+there (output_files.prepare_folder), never anything else a user keeps in it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,10 +29,15 @@ import numpy as np
 
 from seg_perception.core.trace import END_TO_END, STAGES, TRANSPORT, StageSummary
 from seg_perception.deploy.export import parse_hw
+from seg_perception.output_files import prepare_folder, record_made, replace_file
 
 IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/camera_info", "/camera/semantic_gt"
 MASK_TOPIC, OVERLAY_TOPIC, COSTMAP_TOPIC = "/semantic_mask", "/semantic_mask/overlay", "/semantic_costmap"
 PACKAGE = "seg_perception"
+TOOL = "seg-perception demo"
+# What a run writes into --out besides overlay_*.png (recorded before they exist, so a failed run is cleared too).
+OUTPUTS = ("drive_bag", "seg_node.log", "replay.log", "trace.json", "report.json", "report.md",
+           "report_confusion.png", "costmap.png")
 
 
 @dataclass
@@ -83,8 +90,6 @@ def write_drive(cfg: DemoConfig, bag: Path) -> Path:
     from seg_perception.data.synthetic import Camera, render_drive
     from seg_perception.eval.bag_io import write_drive_bag
 
-    if bag.exists():  # the previous run's drive
-        shutil.rmtree(bag)
     h, w = cfg.size
     rng = np.random.default_rng(cfg.seed)
     per_street = np.diff(np.linspace(0, cfg.frames, max(1, min(cfg.streets, cfg.frames)) + 1).round().astype(int))
@@ -195,6 +200,8 @@ def _stop(proc: subprocess.Popen, grace_s: float = 20.0) -> int:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo; returns the report dict (also written to <out>/report.json)."""
+    out = prepare_folder(Path(cfg.out).absolute(), TOOL)  # first: a folder it must not touch stops it at once
+    record_made(out, TOOL, OUTPUTS)
     env = ros_environment()
     import rclpy
 
@@ -205,8 +212,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     from seg_perception.eval.metrics import EvalStats, accumulate
     from seg_perception.eval.report import build_report, model_identity, write_report
 
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     bag = write_drive(cfg, out / "drive_bag")
     print(f"[demo] wrote {cfg.frames} frames {cfg.size[0]}x{cfg.size[1]} at {cfg.rate:g} Hz to {bag} "
@@ -214,7 +219,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     model = resolve_model(cfg.model)
     info = read_model_info(model)
     trace_file = out / "trace.json"
-    trace_file.unlink(missing_ok=True)
 
     rclpy.init()
     collector = Collector(keep_overlays=cfg.overlays > 0)
@@ -276,7 +280,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                                   extra={"demo": asdict(cfg), "seg_node_exit": node_rc,
                                          "wall_s": time.perf_counter() - t_start})
     write_report(report, scored, out / "report.json")
-    _write_pictures(received, out, cfg.overlays)
+    record_made(out, TOOL, OUTPUTS + _write_pictures(received, out, cfg.overlays))
 
     print(f"\nmIoU {100 * scored.miou:.2f} % over {stats.num_images} of {cfg.frames} frames "
           f"(through seg_node, model {info.name} {info.input_size[0]}x{info.input_size[1]})")
@@ -289,16 +293,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     return report
 
 
-def _write_pictures(received: Received, out: Path, n_overlays: int) -> None:
+def _write_pictures(received: Received, out: Path, n_overlays: int) -> tuple[str, ...]:
+    """Overlays and the costmap picture; returns the overlay file names."""
     stamps = sorted(received.overlays)
-    for old in out.glob("overlay_*.png"):
-        old.unlink()
+    names = []
     if stamps and n_overlays:
         for k in np.unique(np.linspace(0, len(stamps) - 1, n_overlays).round().astype(int)):
             bgr = cv2.cvtColor(received.overlays[stamps[k]], cv2.COLOR_RGB2BGR)
-            cv2.imwrite(str(out / f"overlay_{k:03d}.png"), bgr)
+            names.append(f"overlay_{k:03d}.png")
+            replace_file(out / names[-1], lambda tmp, bgr=bgr: cv2.imwrite(str(tmp), bgr))
     if received.costmap is not None:
-        cv2.imwrite(str(out / "costmap.png"), costmap_picture(received.costmap))
+        replace_file(out / "costmap.png", lambda tmp: cv2.imwrite(str(tmp), costmap_picture(received.costmap)))
+    return tuple(names)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -318,7 +324,7 @@ def run(args) -> int:
     cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__})
     try:
         run_demo(cfg)
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         print(f"seg-perception demo: error: {exc}", file=sys.stderr)
         return 1
     return 0

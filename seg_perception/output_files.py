@@ -53,7 +53,7 @@ def replace_file(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     never followed, and a failed write leaves nothing half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")  # the suffix picks writers' formats
     tmp.unlink(missing_ok=True)
     try:
         write(tmp)

@@ -16,6 +16,7 @@ import numpy as np
 
 from seg_perception.core import trace
 from seg_perception.core.trace import END_TO_END, INFERENCE_DEVICE, STAGES, StageSummary, Tracer
+from seg_perception.output_files import replace_file
 
 _PROCESS_NAME = "seg_perception"
 _FRAME_TRACK = 0  # Chrome trace tid of the per-frame (end-to-end) track; stage tracks follow it
@@ -28,9 +29,7 @@ def write_trace(tracer: Tracer, path: str | os.PathLike, window: int | None = No
     writer = writers.get(path.suffix.lower())
     if writer is None:
         raise ValueError(f"trace file '{path}': suffix must be one of {', '.join(writers)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer(tracer, path, window)
-    return path
+    return replace_file(path, lambda tmp: writer(tracer, tmp, window))
 
 
 # --- Chrome Trace Event format -------------------------------------------------------------------

@@ -337,6 +337,10 @@ def main(args: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # a callback that was running when a signal shut the context down (e.g. a publish): not an error
     finally:
         node.close()
         executor.shutdown(timeout_sec=0.5)
