@@ -104,7 +104,8 @@ class NodeProcess:
             env=env, stdout=self._log_fh, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        self._log_fh.flush()
+        if not self._log_fh.closed:
+            self._log_fh.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> tuple[int, float]:

@@ -116,6 +116,26 @@ def test_a_signal_during_a_slow_inference_ends_the_node_cleanly_with_its_trace(p
     assert any(e["name"] == "inference" and e["ph"] == "X" for e in events)
 
 
+def test_best_effort_4k_frames_all_reach_the_node_through_the_shared_memory_profile(half_road, peer, start_node):
+    node = start_node(dict(model=str(half_road), threads=1, diagnostics_period=0.2, camera_info_topic=""))
+    peer.subscribe(DiagnosticArray, "/diagnostics")
+    pub = peer.node.create_publisher(Image, "/camera/image_raw", rclpy.qos.qos_profile_sensor_data)  # a camera's
+    wait_diagnostics(peer, "frames_in", lambda v: v == "0", timeout=60.0)
+    deadline = time.monotonic() + 20.0
+    while pub.get_subscription_count() == 0:
+        assert time.monotonic() < deadline, "seg_node never subscribed"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    frame = image_msg(np.zeros((2160, 3840, 3), np.uint8), peer.now(), encoding="bgr8")  # 24.9 MB
+    for _ in range(10):  # nobody subscribes to the outputs, so the node only counts them
+        frame.header.stamp = peer.now()
+        pub.publish(frame)
+        time.sleep(0.1)
+    diag = wait_diagnostics(peer, "frames_in", lambda v: v == "10", timeout=10.0)  # was 1 to 3 of 10
+    assert diag["rejected"] == "0"
+    node.stop(signal.SIGTERM)
+
+
 @pytest.mark.parametrize("case, named", [
     ("topic", "parameter 'input_topic': '/camera/image raw' is not a valid topic name"),
     ("info_topic", "parameter 'camera_info_topic': 'cam//info' is not a valid topic name"),
