@@ -20,15 +20,16 @@ from seg_perception.output_files import replace_file
 
 _PROCESS_NAME = "seg_perception"
 _FRAME_TRACK = 0  # Chrome trace tid of the per-frame (end-to-end) track; stage tracks follow it
+TRACE_SUFFIXES = (".json", ".csv", ".png")  # what write_trace writes, by suffix
 
 
 def write_trace(tracer: Tracer, path: str | os.PathLike, window: int | None = None) -> Path:
     """Write the last `window` committed frames (default: all still in the ring) as .json, .csv or .png."""
     path = Path(path)
-    writers = {".json": write_chrome_trace, ".csv": write_csv, ".png": write_png}
+    writers = dict(zip(TRACE_SUFFIXES, (write_chrome_trace, write_csv, write_png)))
     writer = writers.get(path.suffix.lower())
     if writer is None:
-        raise ValueError(f"trace file '{path}': suffix must be one of {', '.join(writers)}")
+        raise ValueError(f"trace file '{path}': suffix must be one of {', '.join(TRACE_SUFFIXES)}")
     return replace_file(path, lambda tmp: writer(tracer, tmp, window))
 
 

@@ -54,7 +54,7 @@ class SegNode(Node):
     def __init__(self, **node_kwargs) -> None:
         super().__init__("seg_node", **node_kwargs)
         p = self.params = declare(self)
-        if p.model and not is_file_artifact(p.model) and ":" not in p.model:
+        if p.model and not is_file_artifact(p.model) and not p.model.partition(":")[2]:
             raise ParameterError("model", f"zoo name '{p.model}' without a checkpoint would run random weights; give "
                                           f"'{p.model}:<checkpoint file>' or an exported ONNX file")
         if p.trace_file:

@@ -17,10 +17,10 @@ from rclpy.validate_full_topic_name import validate_full_topic_name
 from seg_perception.backends import BACKENDS
 from seg_perception.core.costmap import CameraPose, GridSpec
 from seg_perception.core.image_codec import MAX_PIXELS
+from seg_perception.core.trace_export import TRACE_SUFFIXES
 
 INPUT_QOS = ("sensor_data", "best_effort", "reliable")
 OUTPUT_QOS = ("reliable", "best_effort")
-TRACE_SUFFIXES = (".json", ".csv", ".png")
 # Building the ground remap table costs ~100 bytes per cell: 10 M cells (e.g. 100 m x 100 m at 3 cm) is ~1 GB.
 MAX_GRID_CELLS = 10_000_000
 
