@@ -67,7 +67,7 @@ def prepare_folder(folder: str | os.PathLike, tool: str) -> Path:
     """A folder for `tool`'s outputs: new, empty, or one `tool` filled before, from which only what it recorded
     (see `record_made`) is removed. A non-empty folder it did not make is refused with an OSError."""
     folder = Path(folder)
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+    if folder.exists() and not folder.is_dir():
         raise OSError(f"'{folder}' is not a folder")
     record = folder / MADE_BY
     if folder.is_dir() and any(folder.iterdir()):
@@ -76,7 +76,8 @@ def prepare_folder(folder: str | os.PathLike, tool: str) -> Path:
         except ValueError:
             made = None
         if not isinstance(made, dict) or made.get("tool") != tool or not isinstance(made.get("files"), list):
-            raise OSError(f"'{folder}' is not empty and was not made by {tool}; give a new or empty folder")
+            raise OSError(f"'{folder}' is not empty and was not made by {tool}; give a new or empty folder (an "
+                          f"output folder of a version before {MADE_BY} existed: delete it yourself)")
         for name in made["files"]:
             if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
                 continue  # only plain names directly inside the folder
