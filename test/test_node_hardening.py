@@ -34,8 +34,8 @@ def test_bad_camera_info_is_refused_counted_and_the_last_good_one_kept(half_road
     for topic, msg_type in {"/semantic_costmap": OccupancyGrid, "/semantic_mask/camera_info": CameraInfo,
                             "/diagnostics": DiagnosticArray}.items():
         peer.subscribe(msg_type, topic)
-    pub = peer.publisher(Image, "/camera/image_raw")
-    info_pub = peer.publisher(CameraInfo, "/camera/camera_info", reliable=True)
+    pub = peer.publisher(Image, "/image_raw")
+    info_pub = peer.publisher(CameraInfo, "/camera_info", reliable=True)
     rgb = rgb_frame()
 
     def frame(stamp, info=camera_info()):
@@ -65,7 +65,7 @@ def test_bad_camera_info_is_refused_counted_and_the_last_good_one_kept(half_road
         diag = wait_diagnostics(peer, "last_problem", lambda v, r=reason: r in v)
         assert int(diag["camera_info_rejected"]) >= i + 1 and diag["rejected"] == diag["errors"] == "0"
     assert node.proc.poll() is None
-    assert "ignoring CameraInfo on /camera/camera_info: K needs fx > 0" in node.output()
+    assert "ignoring CameraInfo on /camera_info: K needs fx > 0" in node.output()
     rc, _ = node.stop(signal.SIGTERM)
     assert rc == 0, node.log.read_text(errors="replace")
 
@@ -75,7 +75,7 @@ def test_oversized_and_odd_width_yuv_frames_are_rejected_with_a_reason(half_road
                            max_input_pixels=CAM_H * CAM_W))
     peer.subscribe(Image, "/semantic_mask")
     peer.subscribe(DiagnosticArray, "/diagnostics")
-    pub = peer.publisher(Image, "/camera/image_raw")
+    pub = peer.publisher(Image, "/image_raw")
     rgb = rgb_frame()
     serve_until_ready(peer, pub, lambda s: image_msg(rgb, s))
     big = np.zeros((CAM_H, CAM_W + 2, 3), np.uint8)
@@ -99,7 +99,7 @@ def test_a_signal_during_a_slow_inference_ends_the_node_cleanly_with_its_trace(p
     node = start_node(dict(model=str(slow), threads=1, warmup_frames=0, camera_info_topic="",
                            trace_file=str(trace_file)))
     peer.subscribe(Image, "/semantic_mask")
-    pub = peer.publisher(Image, "/camera/image_raw")
+    pub = peer.publisher(Image, "/image_raw")
     rgb = rgb_frame()
     deadline = time.monotonic() + 120.0
     while not peer.messages("/semantic_mask"):  # frames keep coming while the first one is segmented
@@ -119,7 +119,7 @@ def test_a_signal_during_a_slow_inference_ends_the_node_cleanly_with_its_trace(p
 def test_best_effort_4k_frames_all_reach_the_node_through_the_shared_memory_profile(half_road, peer, start_node):
     node = start_node(dict(model=str(half_road), threads=1, diagnostics_period=0.2, camera_info_topic=""))
     peer.subscribe(DiagnosticArray, "/diagnostics")
-    pub = peer.node.create_publisher(Image, "/camera/image_raw", rclpy.qos.qos_profile_sensor_data)  # a camera's
+    pub = peer.node.create_publisher(Image, "/image_raw", rclpy.qos.qos_profile_sensor_data)  # a camera's
     wait_diagnostics(peer, "frames_in", lambda v: v == "0", timeout=60.0)
     deadline = time.monotonic() + 20.0
     while pub.get_subscription_count() == 0:
