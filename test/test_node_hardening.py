@@ -9,6 +9,7 @@ import signal
 import time
 
 import numpy as np
+import onnx
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
@@ -144,6 +145,7 @@ def test_best_effort_4k_frames_all_reach_the_node_through_the_shared_memory_prof
     ("trace_unwritable", "parameter 'trace_file': cannot create"),
     ("zoo", "parameter 'model': zoo name 'metaseg-t' without a checkpoint would run random weights"),
     ("sidecar", "unreadable (not a JSON object"),
+    ("metadata", "input_size ['big'] is not [height, width]"),
 ])
 def test_bad_start_up_settings_give_one_cannot_start_line(half_road, start_node, tmp_path, case, named):
     not_a_folder = tmp_path / "file"
@@ -155,7 +157,12 @@ def test_bad_start_up_settings_give_one_cannot_start_line(half_road, start_node,
               "grid": dict(costmap_resolution=0.01, costmap_size_x=1000.0, costmap_size_y=1000.0),
               "trace_suffix": dict(trace_file="trace.txt"),
               "trace_unwritable": dict(trace_file=str(not_a_folder / "trace.json")),
-              "zoo": dict(model="metaseg-t"), "sidecar": dict(model=str(engine))}[case]
+              "zoo": dict(model="metaseg-t"), "sidecar": dict(model=str(engine)),
+              "metadata": dict(model=str(tmp_path / "bad_metadata.onnx"))}[case]
+    if case == "metadata":  # a model file whose metadata claims nonsense
+        model = onnx.load(str(half_road))
+        next(p for p in model.metadata_props if p.key == "seg_perception.input_size").value = '["big"]'
+        onnx.save(model, str(tmp_path / "bad_metadata.onnx"))
     node = start_node({"model": str(half_road), "warmup_frames": 0, **params})
     rc = node.proc.wait(60)
     out = node.output()

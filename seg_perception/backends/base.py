@@ -55,14 +55,20 @@ class ModelInfo:
             name = key[len(META_PREFIX):]
             if name not in cls.__dataclass_fields__:
                 continue
-            value = json.loads(raw)
-            if name in ("input_size", "mean", "std", "class_names"):
-                value = tuple(value)
-            elif name == "palette":
-                value = tuple(tuple(c) for c in value)
+            try:
+                value = json.loads(raw)
+                if name in ("input_size", "mean", "std", "class_names"):
+                    value = tuple(value)
+                elif name == "palette":
+                    value = tuple(tuple(c) for c in value)
+            except TypeError:  # a number where a list belongs, ...
+                raise ValueError(f"model metadata {key} = {raw[:40]!r} has the wrong type") from None
             kwargs[name] = value
         if "input_size" not in kwargs:
             raise ValueError("model metadata lacks seg_perception.input_size: was it exported by seg-perception export?")
+        size = kwargs["input_size"]
+        if len(size) != 2 or not all(isinstance(v, int) and 0 < v <= 16384 for v in size):
+            raise ValueError(f"model metadata {META_PREFIX}input_size {list(size)} is not [height, width] in 1..16384")
         return cls(**kwargs)
 
 
