@@ -12,7 +12,13 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from seg_perception.errors import UsageError
+
 MADE_BY = ".made-by-seg-perception.json"  # a tool's record of what it wrote into a folder
+
+
+class OutputRefused(UsageError, OSError):
+    """An output path the tool will not write: it exists, is a link, or is a folder the tool did not make."""
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -34,15 +40,15 @@ def check_writable(path: str | os.PathLike) -> None:
 
 def claim(paths: Iterable[str | os.PathLike], overwrite: bool = False, flag: str = "--overwrite") -> None:
     """Before any work: refuse symbolic links, and (unless `overwrite`) files that already exist, naming them all
-    and `flag`; then check that every path can be written."""
+    and `flag` (OutputRefused); then check that every path can be written (OSError)."""
     paths = [Path(p) for p in paths]
     links = [str(p) for p in paths if p.is_symlink()]
     if links:
-        raise OSError(f"{', '.join(links)}: symbolic link(s); not writing through them (remove them or choose "
+        raise OutputRefused(f"{', '.join(links)}: symbolic link(s); not writing through them (remove them or choose "
                       f"another output)")
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist(s); choose another output, remove them, or "
+        raise OutputRefused(f"{', '.join(existing)} already exist(s); choose another output, remove them, or "
                               f"pass {flag} to replace them")
     for p in paths:
         check_writable(p)
@@ -65,10 +71,10 @@ def replace_file(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 
 def prepare_folder(folder: str | os.PathLike, tool: str) -> Path:
     """A folder for `tool`'s outputs: new, empty, or one `tool` filled before, from which only what it recorded
-    (see `record_made`) is removed. A non-empty folder it did not make is refused with an OSError."""
+    (see `record_made`) is removed. A non-empty folder it did not make is refused (OutputRefused)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OSError(f"'{folder}' is not a folder")
+        raise OutputRefused(f"'{folder}' is not a folder")
     record = folder / MADE_BY
     if folder.is_dir() and any(folder.iterdir()):
         try:
@@ -76,7 +82,7 @@ def prepare_folder(folder: str | os.PathLike, tool: str) -> Path:
         except ValueError:
             made = None
         if not isinstance(made, dict) or made.get("tool") != tool or not isinstance(made.get("files"), list):
-            raise OSError(f"'{folder}' is not empty and was not made by {tool}; give a new or empty folder (an "
+            raise OutputRefused(f"'{folder}' is not empty and was not made by {tool}; give a new or empty folder (an "
                           f"output folder of a version before {MADE_BY} existed: delete it yourself)")
         for name in made["files"]:
             if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):

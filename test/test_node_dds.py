@@ -454,3 +454,14 @@ def test_invalid_parameter_stops_start_up_naming_it(half_road, start_node, param
     rc = node.proc.wait(30)
     assert rc != 0
     assert f"parameter '{name}'" in node.output()
+
+
+def test_cuda_where_there_is_none_stops_start_up_in_one_line(start_node):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    node = start_node(dict(model="metaseg-t", backend="torch", device="cuda", precision="fp16"))
+    assert node.proc.wait(60) == 2
+    output = node.output()
+    lines = [line for line in output.splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and "device 'cuda' requested but torch" in lines[0] and "Traceback" not in output

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from seg_perception.cli import main
-from seg_perception.output_files import MADE_BY, claim, prepare_folder, record_made, replace_file
+from seg_perception.output_files import MADE_BY, OutputRefused, claim, prepare_folder, record_made, replace_file
 
 
 def test_prepare_folder_refuses_a_users_folder_and_clears_only_what_the_tool_made(tmp_path):
@@ -46,7 +46,7 @@ def test_claim_and_replace_file_never_follow_links(tmp_path):
         claim([tmp_path / "r.json", link], overwrite=True)
     replace_file(link, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "keep" and not link.is_symlink() and link.read_text() == "new"
-    with pytest.raises(FileExistsError, match="r.md already exist.*--overwrite"):
+    with pytest.raises(OutputRefused, match="r.md already exist.*--overwrite"):
         claim([link])
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
@@ -59,7 +59,7 @@ def test_demo_refuses_a_non_empty_folder_it_did_not_make(tmp_path, capsys):
     (out / "drive_bag").mkdir(parents=True)
     (out / "drive_bag" / "my_recording.mcap").write_text("precious")
     (out / "overlay_000.png").write_text("mine")
-    assert main(["demo", "--out", str(out)]) == 1
+    assert main(["demo", "--out", str(out)]) == 2
     assert "not empty and was not made by seg-perception demo" in capsys.readouterr().err
     assert (out / "drive_bag" / "my_recording.mcap").read_text() == "precious"
     assert (out / "overlay_000.png").read_text() == "mine"

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from seg_perception.errors import UsageError
 from seg_perception.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IMAGENET_MEAN, IMAGENET_STD
 
 # Keys of the metadata_props written into every exported ONNX file (and engine sidecars).
@@ -81,7 +82,7 @@ class InferenceOutputs:
     logits: np.ndarray | None = None  # float32 [K, H, W]
 
 
-class BackendError(RuntimeError):
+class BackendError(UsageError, RuntimeError):
     """A model file or engine cannot be used; the message names the file and the problem."""
 
 
@@ -94,6 +95,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def infer(self, image: np.ndarray, want_logits: bool = False) -> InferenceOutputs:
         """image: uint8 [H, W, 3] RGB, H x W == info.input_size, C-contiguous."""
+
+    def describe(self) -> str:
+        """The backend and where it runs, for logs and reports (e.g. "torch cuda:0 fp16, CUDA graph")."""
+        return self.name
 
     def device_time_ms(self) -> float | None:
         """Device-side time of the last `infer` (CUDA events), when the backend measures it."""

@@ -14,6 +14,7 @@ from seg_perception.eval.inference import MODES, InferenceConfig
 from seg_perception.eval.metrics import ID_FORMATS, pred_format_mismatch
 from seg_perception.eval.report import report_paths
 from seg_perception.output_files import claim
+from seg_perception.progress import progress_bar
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -26,10 +27,9 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
-def _model_arguments(p: argparse.ArgumentParser) -> None:
+def _model_arguments(p: argparse.ArgumentParser, threads_help: str) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--threads", type=int, default=0, help="inference threads per process (0 = backend default; "
-                                                          "1 when --workers > 1)")
+    p.add_argument("--threads", type=int, default=0, help=threads_help)
     p.add_argument("--out", required=True, type=Path, help="report.json path; .md and _confusion.png go beside it")
     p.add_argument("--overwrite", action="store_true", help="replace report files (and --trace) that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cs.add_argument("--stride", type=parse_hw, help="slide step HxW (default 2/3 of the model input)")
     cs.add_argument("--workers", type=int, default=1, help="worker processes")
     cs.add_argument("--no-instances", action="store_true", help="skip iIoU even where instanceIds exist")
-    _model_arguments(cs)
+    _model_arguments(cs, "inference threads per process (0 = backend default; 1 when --workers > 1)")
 
     bag = sub.add_parser("bag", help="a rosbag2 (sqlite3 or mcap) with images and ground truth",
                          description="Run seg_node's pipeline on every frame of a bag and score the frames whose "
@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bag.add_argument("--params-file", type=Path,
                      help="seg_node parameters YAML (camera pose, grid, cost table) for --write-bag costmaps")
     bag.add_argument("--trace", type=Path, help="write the stage trace: .json (Chrome/Perfetto), .csv or .png")
-    _model_arguments(bag)
+    _model_arguments(bag, "inference threads (0 = backend default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _progress(args: argparse.Namespace, total: int, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True)
+    return progress_bar(total, unit, quiet=args.quiet)
 
 
 def _cityscapes(args: argparse.Namespace) -> int:
@@ -158,7 +156,7 @@ def _bag(args: argparse.Namespace) -> int:
     if args.trace:
         from seg_perception.core.trace_export import write_trace
 
-        write_trace(result.tracer, args.trace)
+        write_trace(result.tracer, args.trace, title=f"eval bag {args.bag}, model {result.model_info.name}")
     source = {"dataset": "bag", "bag": str(args.bag), "image_topic": args.image_topic,
               "gt": args.gt_topic or str(args.gt_dir), "num_frames": result.num_frames,
               "unmatched_frames": result.unmatched_frames, "unmatched_gt": result.unmatched_gt,

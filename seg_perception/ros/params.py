@@ -14,10 +14,14 @@ from rclpy.expand_topic_name import expand_topic_name
 from rclpy.node import Node
 from rclpy.validate_full_topic_name import validate_full_topic_name
 
-from seg_perception.backends import BACKENDS
+from seg_perception.backends import BACKENDS, backend_for
+from seg_perception.backends.device import parse_device
+from seg_perception.backends.onnxruntime_backend import provider_names
+from seg_perception.backends.torch_backend import PRECISIONS
 from seg_perception.core.costmap import CameraPose, GridSpec
 from seg_perception.core.image_codec import MAX_PIXELS
 from seg_perception.core.trace_export import TRACE_SUFFIXES
+from seg_perception.errors import UsageError
 
 INPUT_QOS = ("sensor_data", "best_effort", "reliable")
 OUTPUT_QOS = ("reliable", "best_effort")
@@ -25,7 +29,7 @@ OUTPUT_QOS = ("reliable", "best_effort")
 MAX_GRID_CELLS = 10_000_000
 
 
-class ParameterError(ValueError):
+class ParameterError(UsageError, ValueError):
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"parameter '{name}': {problem}")
         self.name = name
@@ -44,6 +48,15 @@ class Spec:
 PARAMETERS: dict[str, Spec] = {
     "model": Spec("", "ONNX file, TensorRT engine (.engine/.plan) or zoo name; empty = the embedded default model"),
     "backend": Spec("auto", "inference backend", choices=BACKENDS),
+    "device": Spec("auto", "where inference runs: auto (the GPU when the backend has one: torch's CUDA, ONNX "
+                           "Runtime's TensorRT/CUDA providers; else the CPU), cpu, cuda or cuda:N (an error when "
+                           "there is none)"),
+    "precision": Spec("fp32", "torch backend precision: fp32, or fp16 through autocast (CUDA only; TensorRT's is "
+                              "trt_precision)", choices=PRECISIONS),
+    "cuda_graphs": Spec(False, "torch backend on CUDA: capture the forward once as a CUDA graph and replay it for "
+                               "every frame (the input size is fixed)"),
+    "providers": Spec("", "ONNX Runtime execution providers in preference order, e.g. 'tensorrt,cuda' (empty = "
+                          "chosen by device); a provider this onnxruntime lacks is an error"),
     "threads": Spec(0, "CPU inference threads (0 = the backend's default)", range=(0, 256)),
     "warmup_frames": Spec(2, "black frames run through the model before subscribing: the first runs allocate and "
                              "pick kernels, several times slower than later ones", range=(0, 100)),
@@ -120,6 +133,10 @@ PARAMETERS: dict[str, Spec] = {
 class NodeParams:
     model: str
     backend: str
+    device: str
+    precision: str
+    cuda_graphs: bool
+    providers: str
     threads: int
     warmup_frames: int
     trt_precision: str
@@ -167,11 +184,30 @@ class NodeParams:
     trace_window: int
 
     def backend_options(self) -> dict:
-        """Keyword options for `open_backend`: the engine-build ones only when TensorRT builds from ONNX."""
+        """Keyword options for `open_backend`, those of the backend that will run the model. An option that
+        backend does not take, set away from its default, is an error rather than silently ignored."""
+        try:
+            kind = backend_for(self.model, self.backend)
+        except ValueError as exc:
+            raise ParameterError("backend", str(exc)) from None
+        unused = {"precision": (self.precision != "fp32", "torch"), "cuda_graphs": (self.cuda_graphs, "torch"),
+                  "providers": (bool(self.providers), "onnxruntime")}
+        for name, (is_set, owner) in unused.items():
+            if is_set and kind != owner:
+                raise ParameterError(name, f"applies to the {owner} backend only; this model runs on {kind}")
         options = {"threads": self.threads} if self.threads else {}
-        if self.backend == "tensorrt" and self.model.endswith(".onnx"):
-            options.update(precision=self.trt_precision, rebuild=self.engine_rebuild,
-                           cache_dir=self.engine_cache_dir or None)
+        if kind == "torch":
+            options.update(device=self.device, precision=self.precision, cuda_graphs=self.cuda_graphs)
+        elif kind == "onnxruntime":
+            options.update(device=self.device, providers=self.providers)
+        else:
+            device = parse_device(self.device)
+            if device.kind == "cpu":
+                raise ParameterError("device", "TensorRT runs on a GPU; use auto, cuda or cuda:N")
+            options["device"] = device.gpu_index
+            if self.model.endswith(".onnx"):
+                options.update(precision=self.trt_precision, rebuild=self.engine_rebuild,
+                               cache_dir=self.engine_cache_dir or None)
         return options
 
     def pose(self) -> CameraPose:
@@ -231,6 +267,12 @@ def check(name: str, value: object) -> None:
                                        f"{str(exc).splitlines()[0].split(', at /')[0]}") from None
     if name == "trace_file" and value and not value.lower().endswith(TRACE_SUFFIXES):
         raise ParameterError(name, f"'{value}' must end in one of {', '.join(TRACE_SUFFIXES)}")
+    validate = {"device": parse_device, "providers": provider_names}.get(name)
+    if validate is not None:
+        try:
+            validate(value)
+        except ValueError as exc:
+            raise ParameterError(name, str(exc)) from None
 
 
 def declare(node: Node) -> NodeParams:
@@ -245,4 +287,5 @@ def declare(node: Node) -> NodeParams:
         values[name] = param.value
     params = NodeParams(**values)
     params.costs()  # validates the entry syntax
+    params.backend_options()  # validates the backend options against the model
     return params
