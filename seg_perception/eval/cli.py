@@ -31,7 +31,8 @@ def _model_arguments(p: argparse.ArgumentParser, threads_help: str) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--threads", type=int, default=0, help=threads_help)
     p.add_argument("--out", required=True, type=Path, help="report.json path; .md and _confusion.png go beside it")
-    p.add_argument("--overwrite", action="store_true", help="replace report files (and --trace) that already exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that already exist (never through a symbolic link)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
