@@ -460,7 +460,8 @@ def test_cuda_where_there_is_none_stops_start_up_in_one_line(start_node):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    node = start_node(dict(model="metaseg-t", backend="torch", device="cuda", precision="fp16"))
+    # the device is checked before the checkpoint is read (a bare zoo name is refused: random weights)
+    node = start_node(dict(model="metaseg-t:unread.pth", backend="torch", device="cuda", precision="fp16"))
     assert node.proc.wait(60) == 2
     output = node.output()
     lines = [line for line in output.splitlines() if "cannot start" in line]
