@@ -42,12 +42,14 @@ CAM_H, CAM_W = 96, 160
 
 
 # --- models --------------------------------------------------------------------------------------
-def half_road_onnx(path: Path, hw: tuple[int, int], slow_matmuls: int = 0) -> Path:
-    """labels: car above the centre line, road below; confidence: the red channel. `slow_matmuls` adds
-    512x512 matrix products that depend on the input, so ONNX Runtime cannot fold them away."""
+def half_road_onnx(path: Path, hw: tuple[int, int], slow_matmuls: int = 0, labels: np.ndarray | None = None) -> Path:
+    """labels: car above the centre line, road below (or `labels`, uint8 hw); confidence: the red channel.
+    `slow_matmuls` adds 512x512 matrix products that depend on the input, so ONNX Runtime cannot fold them away."""
     h, w = hw
     pattern = np.full((1, h, w), CAR, np.uint8)
     pattern[:, h // 2:] = ROAD
+    if labels is not None:
+        pattern[0] = labels
     inits = [numpy_helper.from_array(pattern, "pattern"), numpy_helper.from_array(np.array([0], np.int64), "ch0"),
              numpy_helper.from_array(np.array([3], np.int64), "ax3")]
     nodes = [helper.make_node("Gather", ["image", "ch0"], ["red"], axis=3),

@@ -19,6 +19,7 @@ from seg_perception.backends.device import parse_device
 from seg_perception.backends.onnxruntime_backend import provider_names
 from seg_perception.backends.torch_backend import PRECISIONS
 from seg_perception.core.costmap import CameraPose, GridSpec
+from seg_perception.core.depth_costmap import DepthSpec
 from seg_perception.core.image_codec import MAX_PIXELS
 from seg_perception.core.trace_export import TRACE_SUFFIXES
 from seg_perception.errors import UsageError
@@ -121,6 +122,17 @@ PARAMETERS: dict[str, Spec] = {
     "default_cost": Spec(100, "fused cost of classes missing from cost_table", range=(-1, 100)),
     "costmap_classes": Spec(["road", "person", "car"], "one semantic_costmap/<class> layer per name "
                                                        "(spaces become underscores in the topic)"),
+    "depth_topic": Spec("", "depth image registered to the colour camera (16UC1 mm or 32FC1 m); costmaps are then "
+                            "built from depth and semantic_points is offered. Empty = flat-ground costmaps"),
+    "depth_tolerance": Spec(0.02, "largest |depth stamp - colour stamp| that still pairs them (s)", range=(0.0, 1.0)),
+    "min_obstacle_height": Spec(0.1, "depth points of obstacle classes below this height, and of ground classes "
+                                     "farther than this from the ground, mark nothing (m)", range=(0.0, 10.0)),
+    "max_obstacle_height": Spec(2.0, "depth points above this height mark nothing (m)", range=(0.01, 100.0)),
+    "ground_classes": Spec(["road", "sidewalk", "terrain"], "classes whose depth points near the ground mark the "
+                                                            "ground; every other class is an obstacle"),
+    "points_stride": Spec(4, "semantic_points keeps every n-th mask pixel in both directions", range=(1, 64)),
+    "points_organized": Spec(True, "semantic_points as an organised cloud (NaN for no return) rather than only "
+                                   "the points with a return"),
     "diagnostics_period": Spec(1.0, "seconds between /diagnostics messages", range=(0.1, 60.0)),
     "stale_timeout": Spec(3.0, "/diagnostics turns WARN when no camera frame has arrived for this many seconds",
                           range=(0.1, 3600.0)),
@@ -178,6 +190,13 @@ class NodeParams:
     cost_table: list[str]
     default_cost: int
     costmap_classes: list[str]
+    depth_topic: str
+    depth_tolerance: float
+    min_obstacle_height: float
+    max_obstacle_height: float
+    ground_classes: list[str]
+    points_stride: int
+    points_organized: bool
     diagnostics_period: float
     stale_timeout: float
     trace_file: str
@@ -223,6 +242,12 @@ class NodeParams:
                                  f"{MAX_GRID_CELLS:.0e}: use coarser cells or a smaller costmap")
         return grid
 
+    def depth(self) -> DepthSpec:
+        if self.min_obstacle_height >= self.max_obstacle_height:
+            raise ParameterError("min_obstacle_height", f"{self.min_obstacle_height} is not below "
+                                                        f"max_obstacle_height {self.max_obstacle_height}")
+        return DepthSpec(self.min_obstacle_height, self.max_obstacle_height, tuple(self.ground_classes))
+
     def costs(self) -> dict[str, int]:
         """cost_table as {class name: cost}."""
         out = {}
@@ -259,7 +284,7 @@ def check(name: str, value: object) -> None:
         raise ParameterError(name, f"'{value}' is not one of {', '.join(spec.choices)}")
     if name == "input_topic" and not value:
         raise ParameterError(name, "must not be empty")
-    if name in ("input_topic", "camera_info_topic") and value:
+    if name in ("input_topic", "camera_info_topic", "depth_topic") and value:
         try:
             validate_full_topic_name(expand_topic_name(value, "seg_node", "/"))
         except Exception as exc:  # rclpy raises ValueError or InvalidTopicNameException, with a multi-line text
@@ -287,5 +312,6 @@ def declare(node: Node) -> NodeParams:
         values[name] = param.value
     params = NodeParams(**values)
     params.costs()  # validates the entry syntax
+    params.depth()
     params.backend_options()  # validates the backend options against the model
     return params
