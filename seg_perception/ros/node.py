@@ -454,6 +454,10 @@ def main(args: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # rclpy's RCLError
+        if rclpy.ok():
+            raise
+        # SIGINT/SIGTERM shut the context down while the executor was building its wait set: a clean stop
     finally:
         node.close()
         executor.shutdown(timeout_sec=0.5)
