@@ -66,7 +66,8 @@ class ModelInfo:
                 raise ValueError(f"model metadata {key} = {raw[:40]!r} has the wrong type") from None
             kwargs[name] = value
         if "input_size" not in kwargs:
-            raise ValueError("model metadata lacks seg_perception.input_size: was it exported by seg-perception export?")
+            raise ValueError("model metadata lacks seg_perception.input_size: was it written by seg-perception export "
+                             "or wrap? (a third-party graph: seg-perception wrap)")
         size = kwargs["input_size"]
         if len(size) != 2 or not all(isinstance(v, int) and 0 < v <= 16384 for v in size):
             raise ValueError(f"model metadata {META_PREFIX}input_size {list(size)} is not [height, width] in 1..16384")
