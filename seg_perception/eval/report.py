@@ -78,17 +78,22 @@ def build_report(stats: EvalStats, durations_ms: np.ndarray, source: dict, model
     return report, s
 
 
-def write_report(report: dict, scored: Scores, out: str | os.PathLike) -> list[Path]:
-    """report.json at `out`, <stem>.md and <stem>_confusion.png beside it; returns the paths written."""
+def write_report(report: dict, scored: Scores, out: str | os.PathLike, confusion_png: bool = True,
+                 more_markdown: str = "") -> list[Path]:
+    """report.json at `out`, <stem>.md (`markdown(report)`, then more_markdown) and, with confusion_png,
+    <stem>_confusion.png beside it; returns the paths written."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md, png = out.with_suffix(".md"), out.with_name(out.stem + "_confusion.png")
     tmp = out.with_name(out.name + ".partial")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
-    md.write_text(markdown(report))
-    write_confusion_png(scored.confusion_matrix, png, title=_title(report))
+    md.write_text(markdown(report) + more_markdown)
+    paths = [out, md]
+    if confusion_png:
+        write_confusion_png(scored.confusion_matrix, png, title=_title(report))
+        paths.append(png)
     tmp.replace(out)  # report.json appears last: its presence means the run completed
-    return [out, md, png]
+    return paths
 
 
 def _pct(value: float | None) -> str:
