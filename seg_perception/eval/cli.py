@@ -191,9 +191,8 @@ def _bags(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.slice_seconds < 0:
         raise EvalError("--workers and --slice-seconds must be >= 0")
     check_out_dir(args.out)  # before the run, not after hours of it
-    on_ray = bool(args.workers or args.ray)
     config = BagEvalConfig(Path(), args.image_topic, args.gt_topic or "", args.gt_dir, args.model, args.backend,
-                           args.threads or (1 if on_ray else 0), args.stamp_tolerance_ms)
+                           args.threads, args.stamp_tolerance_ms)
     plans = plan_fleet(find_bags(args.paths), config, args.slice_seconds)
     bar = _progress(args, sum(p.frames for p in plans), "frame")
 

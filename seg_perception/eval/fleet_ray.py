@@ -7,7 +7,9 @@ so its result is the same.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -72,18 +74,21 @@ def _ship(model: str) -> _ShippedModel:
 
 def run_tasks(config: BagEvalConfig, tasks: list[FleetTask], workers: int = 0,
               address: str = "") -> Iterator[TaskResult]:
-    """Results in the order tasks finish. Each task takes `config.threads` CPUs (at least 1). Closing the generator
-    early (Ctrl-C) cancels the tasks still queued or running, and stops a Ray this call started."""
+    """Results in the order tasks finish. Each task takes `config.threads` CPUs and inference threads (0: 1).
+    Closing the generator early (Ctrl-C) cancels the tasks still queued or running, and stops a Ray this call
+    started."""
+    config = dataclasses.replace(config, threads=config.threads or 1)  # a task runs on the CPUs Ray gave it
     started = not ray.is_initialized()
     if started:
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
     pending: dict = {}
     try:
         model = _ship(config.model)
-        remote = _evaluate_task.options(num_cpus=max(1, config.threads))
+        remote = _evaluate_task.options(num_cpus=config.threads)
         pending = {remote.remote(config, task, model): task for task in tasks}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
