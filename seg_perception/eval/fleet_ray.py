@@ -91,7 +91,8 @@ def run_tasks(config: BagEvalConfig, tasks: list[FleetTask], workers: int = 0,
         remote = _evaluate_task.options(num_cpus=config.threads)
         pending = {remote.remote(config, task, model): task for task in tasks}
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            # Whatever finished within a second: one wait per second, however many tasks are pending.
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
             for ref in done:
                 task = pending.pop(ref)
                 try:
