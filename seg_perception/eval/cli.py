@@ -25,10 +25,11 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def _model_arguments(p: argparse.ArgumentParser,
-                     out_help: str = "report.json path; .md and _confusion.png go beside it") -> None:
+                     out_help: str = "report.json path; .md and _confusion.png go beside it",
+                     threads_help: str = "inference threads per process (0 = backend default; 1 when --workers > 1)",
+                     ) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--threads", type=int, default=0, help="inference threads per process (0 = backend default; "
-                                                          "1 when --workers > 1)")
+    p.add_argument("--threads", type=int, default=0, help=threads_help)
     p.add_argument("--out", required=True, type=Path, help=out_help)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -76,14 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="bag folders, .mcap / .db3 files, or folders searched for them recursively")
     _bag_arguments(bags)
     where = bags.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=0,
+    where.add_argument("--workers", type=int, default=0, metavar="N",
                        help="run on a local Ray started in this process with N CPUs (needs the [fleet] extra); "
                             "default: one process, no Ray")
     where.add_argument("--ray", default="", metavar="ADDRESS",
                        help="join the Ray cluster at ADDRESS (the head's `ray start --head` prints it)")
     bags.add_argument("--slice-seconds", type=float, default=0.0,
                       help="split bags longer than this into tasks of this much log time (0 = one task per bag)")
-    _model_arguments(bags, out_help="new or empty folder for the reports")
+    _model_arguments(bags, out_help="new or empty folder for the reports (DIR)",
+                     threads_help="inference threads per task (0 = backend default; on Ray 0 means 1), and the CPUs "
+                                  "Ray reserves for a task")
 
 
 def _bag_arguments(p: argparse.ArgumentParser) -> None:
