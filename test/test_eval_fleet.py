@@ -1,10 +1,12 @@
-"""`seg-perception eval bags`: four small synthetic bags (one corrupt) with the tiny_onnx model. On a local Ray with
-2 CPUs, shared by the tests here: the fleet's numbers equal `eval bag`'s summed over the same bags, the corrupt bag
-is listed, a worker killed mid-run changes nothing, Ctrl-C stops the cluster's tasks and writes nothing. In one
-process (without Ray importable): time slices add up to the same numbers."""
+"""`seg-perception eval bags`: five small synthetic bags with the tiny_onnx model, two of them bad (an mcap cut off
+mid-write fails when opened, a frame cut short fails mid-read, inside a task). On a local Ray with 2 CPUs, shared
+by the tests here: the fleet's numbers equal `eval bag`'s summed over the good bags, the bad bags are listed, a
+worker killed mid-run changes nothing, Ctrl-C stops the cluster's tasks and writes nothing. In one process
+(without Ray importable): time slices add up to the same numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,7 +21,7 @@ import pytest
 
 from seg_perception.cli import main
 from seg_perception.data.synthetic import render_drive
-from seg_perception.eval.bag_io import write_drive_bag
+from seg_perception.eval.bag_io import BagWriter, image_msg, write_drive_bag
 from seg_perception.eval.fleet import find_bags, slice_windows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,17 +34,30 @@ def _drive(root: Path, name: str, frames: int, seed: int, **kw) -> Path:
     return write_drive_bag(root / name, render_drive(np.random.default_rng(seed), frames, H, W), **kw)
 
 
+def _frame_cut_short(path: Path) -> Path:
+    """Three frames with ground truth; the last image holds half its pixels."""
+    with BagWriter(path) as bag:
+        for i, frame in enumerate(render_drive(np.random.default_rng(5), 3, H, W)):
+            ns = 1_700_000_000_000_000_000 + i * 100_000_000
+            msg = image_msg(ns, "camera", frame.rgb, "rgb8")
+            if i == 2:
+                msg = dataclasses.replace(msg, data=msg.data[: msg.data.size // 2])
+            bag.write("/camera/image_raw", ns, msg)
+            bag.write("/camera/semantic_gt", ns, image_msg(ns, "camera", frame.train_ids, "mono8"))
+    return path
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> dict:
-    """root/ with day1/{a (sqlite3), b (mcap)}, day2/long (sqlite3, 6 frames over 2.5 s), day2/corrupt (mcap cut
-    short); and `eval bag`'s report of each good bag."""
+    """root/ with day1/{a (sqlite3), b (mcap)}, day2/long (sqlite3, 6 frames over 2.5 s), and the bad ones:
+    day2/corrupt (mcap cut short), day2/cut_frame."""
     root = tmp_path_factory.mktemp("fleet")
     bags = [_drive(root, "day1/a", 3, 1), _drive(root, "day1/b", 3, 2, storage="mcap"),
             _drive(root, "day2/long", 6, 3, rate_hz=2.0)]
     corrupt = _drive(root, "day2/corrupt", 3, 4, storage="mcap")
     mcap = next(corrupt.glob("*.mcap"))
     mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])  # a recording cut off mid-write
-    return {"root": root, "bags": bags, "corrupt": corrupt}
+    return {"root": root, "bags": bags, "corrupt": corrupt, "cut_frame": _frame_cut_short(root / "day2/cut_frame")}
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +81,21 @@ def _check_fleet(out: Path, fleet: dict, reference: dict[Path, dict]) -> dict:
     assert np.array_equal(np.asarray(report["confusion_matrix"]), _summed(reference))
     assert report["num_images"] == sum(r["num_images"] for r in reference.values()) == 12
     assert report["latency_ms"]["inference"]["count"] == 12
-    worst = report["bags"][0]  # failed bags first
-    assert worst["bag"] == str(fleet["corrupt"]) and worst["error"]
-    assert report["source"]["num_bags"] == 4 and report["source"]["failed_bags"] == 1
-    for row in report["bags"][1:]:
+    failed = {Path(r["bag"]): r["error"] for r in report["bags"][:2]}  # failed bags first
+    assert "cannot open bag" in failed[fleet["corrupt"]] and "ImageDecodeError" in failed[fleet["cut_frame"]]
+    assert report["source"]["num_bags"] == 5 and report["source"]["failed_bags"] == 2
+    for row in report["bags"][2:]:
         want = reference[Path(row["bag"])]
         got = json.loads((out / row["report"]).read_text())
         assert np.array_equal(got["confusion_matrix"], want["confusion_matrix"])
         assert got["source"] == want["source"] and row["miou"] == want["miou"]
-    assert [r["miou"] for r in report["bags"][1:]] == sorted(r["miou"] for r in report["bags"][1:])
+    assert [r["miou"] for r in report["bags"][2:]] == sorted(r["miou"] for r in report["bags"][2:])
     assert "day2/corrupt" in (out / "report.md").read_text()
     return report
 
 
 def test_find_bags_and_slices(fleet, tmp_path):
-    assert find_bags([fleet["root"]]) == sorted(fleet["bags"] + [fleet["corrupt"]])  # not the .mcap inside them
+    assert find_bags([fleet["root"]]) == sorted(fleet["bags"] + [fleet["corrupt"], fleet["cut_frame"]])
     loose = tmp_path / "loose.mcap"
     loose.write_bytes(b"")
     assert find_bags([tmp_path, fleet["bags"][0]]) == sorted([loose, fleet["bags"][0]])
@@ -113,9 +128,9 @@ def test_one_process_without_ray_slices_add_up(fleet, reference, tiny_onnx, tmp_
                            str(tiny_onnx), "--slice-seconds", "1", "--threads", "1", "--quiet", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 1, proc.stderr  # 1: a bag failed, the report lists it
-    assert "3 of 4 bags scored (in process)" in proc.stdout
+    assert "3 of 5 bags scored (in process)" in proc.stdout
     report = _check_fleet(out, fleet, reference)
-    assert report["source"]["tasks"] == 5  # a, b, and three slices of long; the corrupt bag gets none
+    assert report["source"]["tasks"] == 6  # a, b, cut_frame, three slices of long; the corrupt bag gets none
     assert "failed: " + str(fleet["corrupt"]) in proc.stderr
 
 
@@ -158,7 +173,7 @@ def test_ray_fleet_equals_eval_bag_summed(fleet, reference, tiny_onnx, ray_sessi
     assert main(["eval", "bags", str(fleet["root"]), *TOPICS, "--model", str(tiny_onnx), "--workers", "2",
                  "--quiet", "--out", str(out)]) == 1
     report = _check_fleet(out, fleet, reference)
-    assert report["source"]["tasks"] == 3 and report["source"]["runner"].startswith("ray")
+    assert report["source"]["tasks"] == 4 and report["source"]["runner"].startswith("ray")
 
 
 @pytest.mark.xdist_group("ray")
