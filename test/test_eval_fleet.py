@@ -7,6 +7,7 @@ worker killed mid-run changes nothing, Ctrl-C stops the cluster's tasks and writ
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -117,6 +118,9 @@ def test_bad_fleet_input_writes_nothing(fleet, tiny_onnx, tmp_path, capsys):
     assert "model file not found" in capsys.readouterr().err and not (tmp_path / "r").exists()
     assert main(["eval", "bags", str(tmp_path / "missing"), *TOPICS, "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    if importlib.util.find_spec("ray") is not None:  # port 1: nothing listens, so no cluster either
+        assert main([*args, str(tmp_path / "r"), "--ray", "127.0.0.1:1"]) == 2
+        assert "no Ray cluster answers at '127.0.0.1:1'" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_one_process_without_ray_slices_add_up(fleet, reference, tiny_onnx, tmp_path):

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import ray
 from ray.exceptions import RayError
 
 from seg_perception.backends import Backend, is_file_artifact, open_backend, resolve_model
+from seg_perception.eval import EvalError
 from seg_perception.eval.bag_eval import BagEvalConfig
 from seg_perception.eval.fleet import FleetTask, TaskResult, run_task
 
@@ -72,12 +74,25 @@ def _ship(model: str) -> _ShippedModel:
     return _ShippedModel(hashlib.sha256(data).hexdigest(), Path(artifact).suffix, [ray.put(data)])
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that nothing answers on fails here: ray.init would retry it for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # 'auto', 'ray://...': Ray resolves those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise EvalError(f"no Ray cluster answers at '{address}' ({exc}); start one with `ray start --head`")
+
+
 def run_tasks(config: BagEvalConfig, tasks: list[FleetTask], workers: int = 0,
               address: str = "") -> Iterator[TaskResult]:
     """Results in the order tasks finish. Each task takes `config.threads` CPUs and inference threads (0: 1).
     Closing the generator early (Ctrl-C) cancels the tasks still queued or running, and stops a Ray this call
     started."""
     config = dataclasses.replace(config, threads=config.threads or 1)  # a task runs on the CPUs Ray gave it
+    if address:
+        _check_reachable(address)
     started = not ray.is_initialized()
     if started:
         if address:
