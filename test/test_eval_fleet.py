@@ -63,7 +63,7 @@ def fleet(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(fleet, tiny_onnx, tmp_path_factory) -> dict[Path, dict]:
-    """`eval bag`'s report of each good bag, one process each bag."""
+    """`eval bag`'s report of each good bag."""
     out = tmp_path_factory.mktemp("reference")
     reports = {}
     for i, bag in enumerate(fleet["bags"]):
