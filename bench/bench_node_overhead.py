@@ -130,7 +130,8 @@ class Peer:
 
 def run_case(model: Path, env: dict, outputs: tuple[str, ...], frames: int, warmup: int, threads: int,
              workdir: Path) -> list[tuple[float, dict[str, float]]]:
-    params = {"model": str(model), "threads": threads, "camera_info_topic": "", "fx": 1000.0,
+    params = {"model": str(model), "threads": threads, "input_topic": "/camera/image_raw", "camera_info_topic": "",
+              "fx": 1000.0,
               "camera_pitch": 0.1, "publish_overlay": True}
     params_file = workdir / "params.yaml"
     params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))

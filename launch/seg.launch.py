@@ -1,7 +1,9 @@
-"""Start seg_node: `ros2 launch seg_perception seg.launch.py [model:=...] [input_topic:=...] [namespace:=...]`.
+"""Start seg_node: `ros2 launch seg_perception seg.launch.py [model:=...] [namespace:=front] [name:=...]
+[image_raw:=/cams/front/image_color] [camera_info:=...]`.
 
 Parameters come from params_file (default: the package's config/seg.yaml); a launch argument given a non-empty
-value overrides the file's value for that parameter.
+value overrides the file's value for that parameter. The node's inputs are the relative topics image_raw and
+camera_info: `namespace` moves them with the outputs, `image_raw`/`camera_info` remap them elsewhere.
 """
 
 from launch import LaunchDescription
@@ -18,6 +20,11 @@ OVERRIDES = {
     "input_type": ("input_type", "raw or compressed"),
     "camera_info_topic": ("camera_info_topic", "sensor_msgs/CameraInfo topic"),
 }
+# launch argument -> the node's relative input topic it remaps; empty = no remap
+REMAPS = {
+    "image_raw": "camera image topic for the node's image_raw input (e.g. /cams/front/image_color)",
+    "camera_info": "CameraInfo topic for the node's camera_info input (default: the image topic's sibling)",
+}
 
 
 def parameter_overrides(context) -> dict:
@@ -31,13 +38,18 @@ def parameter_overrides(context) -> dict:
     return overrides
 
 
+def remappings(context) -> list[tuple[str, str]]:
+    return [(topic, target) for topic in REMAPS if (target := LaunchConfiguration(topic).perform(context))]
+
+
 def _seg_node(context, *args, **kwargs):
     return [Node(
         package="seg_perception",
         executable="seg_node",
-        name="seg_node",
+        name=LaunchConfiguration("name"),
         namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("params_file"), parameter_overrides(context)],
+        remappings=remappings(context),
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         output="screen",
         emulate_tty=True,
@@ -48,7 +60,10 @@ def generate_launch_description() -> LaunchDescription:
     default_params = PathJoinSubstitution([FindPackageShare("seg_perception"), "config", "seg.yaml"])
     args = [DeclareLaunchArgument(name, default_value="", description=help_text)
             for name, (_, help_text) in OVERRIDES.items()]
+    args += [DeclareLaunchArgument(topic, default_value="", description=help_text)
+             for topic, help_text in REMAPS.items()]
     args += [
+        DeclareLaunchArgument("name", default_value="seg_node", description="node name"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="seg_node parameters YAML"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace for the node and its topics"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (rosbag replay)"),

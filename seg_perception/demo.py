@@ -95,7 +95,8 @@ def write_drive(cfg: DemoConfig, bag: Path) -> Path:
 
 def node_command(cfg: DemoConfig, trace_file: Path) -> list[str]:
     from seg_perception.data.synthetic import CAMERA_HEIGHT_M, HOOD_FRACTION
-    params = {"backend": "onnxruntime", "input_qos": "reliable", "camera_info_topic": INFO_TOPIC,
+    # camera_info: the image topic's sibling, INFO_TOPIC
+    params = {"backend": "onnxruntime", "input_qos": "reliable", "input_topic": IMAGE_TOPIC,
               "camera_height": CAMERA_HEIGHT_M, "camera_pitch": 0.0, "costmap_ignore_bottom": HOOD_FRACTION[1],
               "trace_file": str(trace_file)}
     if cfg.model:

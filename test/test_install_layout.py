@@ -45,6 +45,9 @@ def test_pip_install_registers_package_with_ament_index(tmp_path):
     assert (share / "launch" / "seg.launch.py").is_file()
     assert (share / "config" / "seg.yaml").is_file()
     assert (share / "config" / "fastdds_shm.xml").is_file()
+    for viewer in ("seg.rviz", "foxglove_layout.json"):
+        assert (share / "config" / viewer).is_file()
+    assert (share / "launch" / "multi_camera.launch.py").is_file()
 
 
 def test_colcon_build_installs_ros_run_layout(tmp_path):
@@ -64,3 +67,27 @@ def test_colcon_build_installs_ros_run_layout(tmp_path):
     assert (share / "launch" / "seg.launch.py").is_file()
     assert (share / "config" / "seg.yaml").is_file()
     assert (ws / "install" / "setup.bash").is_file()
+
+
+# Python imports -> rosdep keys (ros/rosdistro rosdep/python.yaml; onnx and cityscapesscripts have none).
+ROSDEP_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml",
+               "onnxruntime": "python3-onnxruntime-pip", "rosbags": "python3-rosbags-pip",
+               "matplotlib": "python3-matplotlib", "tqdm": "python3-tqdm", "tf2_ros": "tf2_ros_py"}
+
+
+def test_package_xml_declares_what_the_node_and_launch_files_import():
+    import ast
+    import xml.etree.ElementTree as ET
+
+    declared = {e.text for e in ET.parse(REPO / "package.xml").getroot() if e.tag == "exec_depend"}
+    imported = set()
+    for path in [*(REPO / "seg_perception").rglob("*.py"), *(REPO / "launch").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    ros = {m for m in imported if m.endswith(("_msgs", "_interfaces")) or m in ("rclpy", "launch", "launch_ros")}
+    needed = ros | {ROSDEP_KEYS[m] for m in imported if m in ROSDEP_KEYS}
+    assert {"vision_msgs", "tf2_ros_py", "rcl_interfaces", "builtin_interfaces"} <= needed
+    assert needed - declared == set()

@@ -94,14 +94,16 @@ def half_road(tmp_path_factory) -> Path:
 
 # --- the node process ----------------------------------------------------------------------------
 class NodeProcess:
-    def __init__(self, env: dict, tmp_path: Path, params: dict) -> None:
-        self.params_file = tmp_path / "params.yaml"
+    def __init__(self, env: dict, tmp_path: Path, params: dict, ros_args: tuple[str, ...] = (), name: str = "seg_node"
+                 ) -> None:
+        """`ros_args`: more command-line ROS arguments (remaps such as `-r __ns:=/robot1`)."""
+        self.params_file = tmp_path / f"{name}.params.yaml"
         self.params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-        self.log = tmp_path / "seg_node.log"
+        self.log = tmp_path / f"{name}.log"
         self._log_fh = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seg_perception.ros.node", "--ros-args", "--params-file", str(self.params_file)],
-            env=env, stdout=self._log_fh, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "seg_perception.ros.node", "--ros-args", "--params-file", str(self.params_file),
+             *ros_args], env=env, stdout=self._log_fh, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         self._log_fh.flush()
@@ -193,8 +195,9 @@ def peer(ros_env, monkeypatch):
 def start_node(ros_env, tmp_path):
     started = []
 
-    def start(params: dict) -> NodeProcess:
-        node = NodeProcess(ros_env, tmp_path, params)
+    def start(params: dict, ros_args: tuple[str, ...] = (), name: str = "seg_node", env: dict | None = None
+              ) -> NodeProcess:
+        node = NodeProcess(env or ros_env, tmp_path, params, ros_args, name)
         started.append(node)
         return node
 
@@ -269,7 +272,7 @@ def test_outputs_carry_the_input_stamp_size_and_geometry_then_bad_input_is_survi
               "/semantic_mask/latency": DiagnosticArray, "/diagnostics": DiagnosticArray}
     for topic, msg_type in topics.items():
         peer.subscribe(msg_type, topic)
-    pub = peer.publisher(Image, "/camera/image_raw")
+    pub = peer.publisher(Image, "/image_raw")
     rgb = rgb_frame()
     serve_until_ready(peer, pub, lambda s: image_msg(rgb, s))
     time.sleep(0.5)  # let every output subscription match before the frame under test
@@ -344,7 +347,7 @@ def test_costmap_semantics_alignment_and_dropping_under_overload(slow_half_road,
                             "/semantic_costmap": OccupancyGrid, "/semantic_mask/latency": DiagnosticArray,
                             "/diagnostics": DiagnosticArray}.items():
         peer.subscribe(msg_type, topic)
-    pub = peer.publisher(Image, "/camera/image_raw")
+    pub = peer.publisher(Image, "/image_raw")
     info_pub = peer.publisher(CameraInfo, "/camera/camera_info", reliable=True)
     # Intrinsics given for a 2x larger image (e.g. calibrated at full resolution): the node must rescale them.
     cam_info = CameraInfo(height=2 * CAM_H, width=2 * CAM_W)

@@ -129,7 +129,7 @@ def test_declare_reads_overrides_and_rejects_bad_values(ros_env):
                 Parameter(k, value=v) for k, v in overrides.items()])
 
         p = declare(node(input_type="compressed", input_topic="/cam/image", cost_table=["road:0", "traffic light:70"]))
-        assert p.subscribed_topic == "/cam/image/compressed"
+        assert p.input_topic == "/cam/image"
         assert p.costs() == {"road": 0, "traffic light": 70}
         assert p.grid().width == 200 and p.pose().height == 1.2
         with pytest.raises(ParameterError, match="parameter 'backend'"):

@@ -65,6 +65,10 @@ class GridSpec:
         return np.meshgrid(xs, ys)
 
 
+# Optical frame (x right, y down, z forward) -> camera body frame (x forward, y left, z up), REP 103.
+BODY_FROM_OPTICAL = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)
+
+
 def rotation_grid_from_optical(pose: CameraPose) -> np.ndarray:
     """3x3 rotation taking optical-frame vectors (x right, y down, z forward) into the grid frame."""
     cr, sr = math.cos(pose.roll), math.sin(pose.roll)
@@ -73,8 +77,7 @@ def rotation_grid_from_optical(pose: CameraPose) -> np.ndarray:
     rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
     ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
     rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
-    body_from_optical = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)
-    return rz @ ry @ rx @ body_from_optical
+    return rz @ ry @ rx @ BODY_FROM_OPTICAL
 
 
 def cost_lut(class_names: tuple[str, ...] | list[str], costs: dict[str, int], default_cost: int) -> np.ndarray:

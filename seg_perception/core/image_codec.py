@@ -1,4 +1,5 @@
-"""Camera bytes -> RGB uint8 HxWx3, for sensor_msgs/Image encodings and CompressedImage formats.
+"""Camera bytes -> RGB uint8 HxWx3, for sensor_msgs/Image encodings and CompressedImage formats; and the way
+back for compressed outputs (PNG or JPEG bytes, as compressed_image_transport sends them).
 
 ROS-free: it takes the message fields, so rclpy messages (node) and rosbags messages (bag evaluation) share it.
 rgb8 with a tight row stride is returned as a zero-copy view of the message buffer; every other encoding is
@@ -83,3 +84,27 @@ class ImageDecoder:
         out = self._buffer(*bgr.shape[:2])
         cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out)
         return out
+
+
+class ImageEncoder:
+    """uint8 RGB [h, w, 3] or mono [h, w] -> PNG or JPEG bytes; colour goes out as BGR, as OpenCV and
+    compressed_image_transport write it (its CompressedImage format says so)."""
+
+    def __init__(self, fmt: str, jpeg_quality: int = 90) -> None:
+        if fmt not in ("png", "jpeg"):
+            raise ValueError(f"compressed output format must be png or jpeg, got '{fmt}'")
+        self.fmt = fmt
+        self._ext = ".png" if fmt == "png" else ".jpg"
+        # PNG level 1: a mask compresses well even at the fastest level, and encoding sits on the frame path.
+        self._options = [cv2.IMWRITE_PNG_COMPRESSION, 1] if fmt == "png" else [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+        self._bgr: np.ndarray | None = None
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim == 3:
+            if self._bgr is None or self._bgr.shape != image.shape:
+                self._bgr = np.empty_like(image)
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR, dst=self._bgr)
+        ok, data = cv2.imencode(self._ext, image, self._options)
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a {image.shape} image as {self.fmt}")
+        return data

@@ -14,10 +14,11 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import KeyValue
 from nav_msgs.msg import OccupancyGrid
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from seg_perception.core.costmap import GridSpec
+from seg_perception.core.image_codec import ImageEncoder
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -57,6 +58,21 @@ class ImageOut:
         msg.step = msg.width * (image.shape[2] if image.ndim == 3 else 1)
         msg.data = self._buf.fill(image)
         return msg
+
+
+class CompressedOut:
+    """One reusable sensor_msgs/CompressedImage for `<topic>/compressed`, formatted like compressed_image_transport's
+    ('rgb8; jpeg compressed bgr8', 'mono8; png compressed mono8')."""
+
+    def __init__(self, encoding: str, fmt: str, jpeg_quality: int = 90) -> None:
+        self._encoder = ImageEncoder(fmt, jpeg_quality)
+        self.msg = CompressedImage()
+        self.msg.format = f"{encoding}; {fmt} compressed {'mono8' if encoding == 'mono8' else 'bgr8'}"
+
+    def fill(self, header: Header, image: np.ndarray) -> CompressedImage:
+        self.msg.header = header
+        self.msg.data = self._encoder.encode(image).tobytes()  # bytes: rclpy takes them without a per-element check
+        return self.msg
 
 
 class GridOut:

@@ -30,7 +30,11 @@ from seg_perception.core.frame_slot import LatestFrameSlot
 from seg_perception.core.image_codec import ImageDecodeError
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.ros import conversions as conv
+from seg_perception.ros.camera_pose import open_pose_source
+from seg_perception.ros.health import Counts, HealthWindow, status_name
+from seg_perception.ros.label_info import publish_label_info
 from seg_perception.ros.params import ParameterError, declare
+from seg_perception.ros.topics import LATCHED, resolve_inputs
 
 _NOW = trace._NOW
 THROTTLE_S = 5.0  # bad-input log lines: at most one per this many seconds
@@ -66,12 +70,15 @@ class SegNode(Node):
                                             f"{list(info.class_names)}")
         self.projector = GroundProjector(p.grid(), p.pose(), info.class_names, costs, p.default_cost,
                                          p.costmap_classes)
+        self.pose_source = open_pose_source(self, p.camera_pose_source, p.costmap_frame, p.tf_timeout, p.pose())
         self.tracer = trace.Tracer(capacity=max(4096, 2 * p.trace_window))
         self.pipeline = SegPipeline(self.backend, p.output_resolution, self.projector, self.tracer, p.overlay_alpha)
         self.slot: LatestFrameSlot[_Frame] = LatestFrameSlot()
         self.rejected = self.errors = self.published = self.idle = 0
         self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
         self._camera_info: CameraInfo | None = None
+        self._last_arrival_ns: int | None = None  # perf_counter clock; None until the first frame
+        self._camera_frame = ""  # the images' frame_id: /diagnostics' hardware_id once known
 
         # Outputs, all relative names so a namespace moves them together.
         out_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE if p.output_qos == "reliable"
@@ -86,7 +93,18 @@ class SegNode(Node):
         self.pub_overlay = publisher("semantic_mask/overlay") if p.publish_overlay else None
         self.pub_info = publisher("semantic_mask/camera_info", CameraInfo)
         self.pub_latency = publisher("semantic_mask/latency", DiagnosticArray)
-        self.pub_layers = {name: publisher(layer_topic(name), OccupancyGrid) for name in self.projector.layers}
+        self.pub_layers = {name: self.create_publisher(OccupancyGrid, layer_topic(name), LATCHED)
+                           for name in self.projector.layers}
+        # Remote viewers: PNG keeps mask values exact; colour and overlay as the user chooses.
+        self.pub_compressed = {}  # image output -> (publisher, CompressedOut)
+        if p.publish_compressed:
+            for key, topic, encoding, fmt in (("mask", "semantic_mask", "mono8", "png"),
+                                              ("color", "semantic_mask/color", "rgb8", p.compressed_format),
+                                              ("overlay", "semantic_mask/overlay", "rgb8", p.compressed_format)):
+                if key != "overlay" or p.publish_overlay:
+                    self.pub_compressed[key] = (publisher(topic + "/compressed", CompressedImage),
+                                                conv.CompressedOut(encoding, fmt, p.jpeg_quality))
+        self.pub_label_info = publish_label_info(self, info.class_names)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._out_mask, self._out_conf = conv.ImageOut("mono8"), conv.ImageOut("mono8")
         self._out_color, self._out_overlay = conv.ImageOut("rgb8"), conv.ImageOut("rgb8")
@@ -98,31 +116,36 @@ class SegNode(Node):
         in_qos = QoSProfile(depth=p.input_depth, reliability=ReliabilityPolicy.RELIABLE if p.input_qos == "reliable"
                             else ReliabilityPolicy.BEST_EFFORT)
         msg_type = CompressedImage if p.input_type == "compressed" else Image
-        self.create_subscription(msg_type, p.subscribed_topic, self._on_image, in_qos)
-        if p.camera_info_topic:
-            self.create_subscription(CameraInfo, p.camera_info_topic, self._on_camera_info, qos_profile_sensor_data)
+        self.inputs = resolve_inputs(p.input_topic, p.camera_info_topic, p.input_type == "compressed",
+                                     self.resolve_topic_name)
+        self.create_subscription(msg_type, self.inputs.image, self._on_image, in_qos)
+        if self.inputs.camera_info:
+            self.create_subscription(CameraInfo, self.inputs.camera_info, self._on_camera_info, qos_profile_sensor_data)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._diag_last = (_NOW(), 0, 0)
+        self.health = HealthWindow(self.inputs.image, p.stale_timeout, _NOW())
         self.create_timer(p.diagnostics_period, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
             f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.name} "
             f"(warm-up: {p.warmup_frames} frames, {warm_up_ms:.0f} ms); "
-            f"listening on {p.subscribed_topic} ({p.input_type}, {p.input_qos})")
+            f"listening on {self.inputs.image} ({p.input_type}, {p.input_qos}), camera_info on "
+            f"{self.inputs.camera_info or '(none: fx/fy/cx/cy)'}; camera pose from "
+            f"{'TF' if self.pose_source.uses_tf else 'the camera_* parameters'}")
 
     # --- executor thread: cheap -------------------------------------------------------------------
     def _on_image(self, msg: Image | CompressedImage) -> None:
         arrival = _NOW()
         transport = self.get_clock().now().nanoseconds - conv.stamp_to_ns(msg.header.stamp)
+        self._last_arrival_ns, self._camera_frame = arrival, msg.header.frame_id
         self.slot.put(_Frame(msg, arrival, transport))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         k, hw = conv.intrinsics(msg)
         if k[0, 0] <= 0 or min(hw) <= 0:
             self.get_logger().warning(f"ignoring CameraInfo without intrinsics or size on "
-                                      f"{self.params.camera_info_topic}", throttle_duration_sec=THROTTLE_S)
+                                      f"{self.inputs.camera_info}", throttle_duration_sec=THROTTLE_S)
             return
         self._camera_info = msg
         self.projector.set_intrinsics(k, hw)
@@ -135,7 +158,7 @@ class SegNode(Node):
             elif change.name in _POSE_PARAMS:
                 pose[_POSE_PARAMS[change.name]] = float(change.value)
         if pose:
-            self.projector.set_pose(replace(self.projector.pose, **pose))
+            self.pose_source.parameter_pose = replace(self.pose_source.parameter_pose, **pose)
         return SetParametersResult(successful=True)
 
     # --- worker thread ----------------------------------------------------------------------------
@@ -160,11 +183,12 @@ class SegNode(Node):
 
     def _request(self) -> OutputRequest:
         subscribed = lambda pub: pub is not None and pub.get_subscription_count() > 0  # noqa: E731
+        compressed = {key: subscribed(pub) for key, (pub, _) in self.pub_compressed.items()}
         return OutputRequest(
-            mask=subscribed(self.pub_mask),
+            mask=subscribed(self.pub_mask) or compressed.get("mask", False),
             confidence=subscribed(self.pub_conf),
-            color=subscribed(self.pub_color),
-            overlay=subscribed(self.pub_overlay),
+            color=subscribed(self.pub_color) or compressed.get("color", False),
+            overlay=subscribed(self.pub_overlay) or compressed.get("overlay", False),
             costmaps=any(subscribed(pub) for pub in self.pub_layers.values()),
         )
 
@@ -191,18 +215,23 @@ class SegNode(Node):
         tracer.span(slot, trace.DECODE, taken, decoded)
         cam_hw = rgb.shape[:2]
         k_source = self._intrinsics(cam_hw) if (request.costmaps or want_info) else None
+        if request.costmaps:
+            request = self._pose_for_frame(request, msg.header)
         result = pipeline.process(rgb, request, slot)
 
         t_pub = _NOW()
         header = msg.header
-        if request.mask:
+        if request.mask and self.pub_mask.get_subscription_count() > 0:
             self.pub_mask.publish(self._out_mask.fill(header, result.mask))
         if request.confidence:
             self.pub_conf.publish(self._out_conf.fill(header, result.confidence))
-        if request.color:
+        if request.color and self.pub_color.get_subscription_count() > 0:
             self.pub_color.publish(self._out_color.fill(header, result.color))
-        if request.overlay:
+        if request.overlay and self.pub_overlay.get_subscription_count() > 0:
             self.pub_overlay.publish(self._out_overlay.fill(header, result.overlay))
+        for key, (pub, out) in self.pub_compressed.items():
+            if pub.get_subscription_count() > 0:
+                pub.publish(out.fill(header, getattr(result, key)))
         for name, cells in result.costmaps.items():
             pub = self.pub_layers[name]
             if pub.get_subscription_count() > 0:
@@ -218,6 +247,18 @@ class SegNode(Node):
         if want_latency:
             self.pub_latency.publish(self._latency_msg(header, slot, result.inference_ms))
 
+    def _pose_for_frame(self, request: OutputRequest, header) -> OutputRequest:
+        """Set the projector's camera pose for this frame; without one (TF chosen but unknown) skip the costmaps."""
+        pose = self.pose_source.pose(header.frame_id, header.stamp)
+        if pose is None:
+            self.get_logger().warning(f"no costmaps: {self.pose_source.last_problem}", throttle_duration_sec=THROTTLE_S)
+            return replace(request, costmaps=False)
+        if self.pose_source.last_problem and self.pose_source.uses_tf:
+            self.get_logger().warning(f"camera pose from the camera_* parameters: {self.pose_source.last_problem}",
+                                      throttle_duration_sec=THROTTLE_S)
+        self.projector.set_pose(pose)
+        return request
+
     def _intrinsics(self, cam_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]] | None:
         """K and the image size it belongs to: CameraInfo when one arrived, else the fx/fy/cx/cy parameters."""
         if self._camera_info is not None:
@@ -225,7 +266,7 @@ class SegNode(Node):
         p = self.params
         if p.fx <= 0:
             self.get_logger().warning(
-                f"no CameraInfo on '{p.camera_info_topic}' and parameter fx is 0: costmaps and "
+                f"no CameraInfo on '{self.inputs.camera_info}' and parameter fx is 0: costmaps and "
                 f"semantic_mask/camera_info wait for intrinsics", throttle_duration_sec=THROTTLE_S)
             return None
         h, w = cam_hw
@@ -243,39 +284,37 @@ class SegNode(Node):
             values["device_inference_ms"] = float(device_ms)
         msg = self._latency
         msg.header = header
-        msg.status = [DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.get_name()}: frame latency",
+        msg.status = [DiagnosticStatus(level=DiagnosticStatus.OK,
+                                       name=f"{self.get_fully_qualified_name()}: frame latency",
                                        hardware_id=self.backend.name, values=conv.key_values(values))]
         return msg
 
     # --- diagnostics ------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        now = _NOW()
-        last_t, last_in, last_out = self._diag_last
         counts = self.slot.counts
-        dt = max((now - last_t) / 1e9, 1e-9)
-        in_hz, out_hz = (counts.put - last_in) / dt, (self.published - last_out) / dt
-        self._diag_last = (now, counts.put, self.published)
+        health = self.health.report(_NOW(), Counts(counts.put, self.published, self.rejected, self.errors),
+                                    self._last_arrival_ns, self.last_problem)
         info = self.backend.info
-        values = {"input_rate_hz": in_hz, "output_rate_hz": out_hz, "frames_in": counts.put,
+        values = {"input_rate_hz": health.input_hz, "output_rate_hz": health.output_hz, "frames_in": counts.put,
                   "frames_out": self.published, "dropped": counts.dropped, "rejected": self.rejected,
                   "errors": self.errors, "idle_no_subscribers": self.idle, "backend": self.backend.name,
                   "model": info.name, "model_input": f"{info.input_size[0]}x{info.input_size[1]}",
-                  "input_topic": self.params.subscribed_topic, "last_problem": self.last_problem}
+                  "input_topic": self.inputs.image, "last_problem": self.last_problem}
         for stage, s in self.tracer.summary(self.params.trace_window).items():
             values[f"{stage}_mean_ms"] = s.mean_ms
             if stage == trace.END_TO_END:
                 values.update(latency_p50_ms=s.p50_ms, latency_p90_ms=s.p90_ms, latency_p99_ms=s.p99_ms,
                               latency_max_ms=s.max_ms)
-        level, message = DiagnosticStatus.OK, f"{in_hz:.1f} Hz in, {out_hz:.1f} Hz out"
-        if self.rejected or self.errors:
-            level = DiagnosticStatus.WARN
-            message += f"; {self.rejected} rejected, {self.errors} failed frames so far"
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [DiagnosticStatus(level=level, name=f"{self.get_name()}: semantic segmentation",
-                                         message=message, hardware_id=self.backend.name,
+        array.status = [DiagnosticStatus(level=health.level, name=status_name(self.get_fully_qualified_name()),
+                                         message=health.message, hardware_id=self._camera_frame,
                                          values=conv.key_values(values))]
-        self.pub_diag.publish(array)
+        try:
+            self.pub_diag.publish(array)
+        except Exception:  # rclpy's RCLError: SIGINT/SIGTERM shut the context down while this timer ran
+            if self.context.ok():
+                raise
 
     # --- shutdown ---------------------------------------------------------------------------------
     def close(self) -> None:

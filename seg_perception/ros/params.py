@@ -46,22 +46,33 @@ PARAMETERS: dict[str, Spec] = {
     "engine_rebuild": Spec(True, "rebuild a cached TensorRT engine whose sidecar does not match this machine "
                                  "(false = stop with a message naming what differs)"),
     "engine_cache_dir": Spec("", "where engines built from ONNX files are cached (empty = beside the ONNX file)"),
-    "input_topic": Spec("/camera/image_raw", "camera topic; with input_type compressed, '/compressed' is "
-                                             "appended unless the name already ends with it"),
+    "input_topic": Spec("image_raw", "camera topic (relative names follow the node's namespace and remaps); with "
+                                     "input_type compressed, '/compressed' is appended unless the name ends with it"),
     "input_type": Spec("raw", "raw = sensor_msgs/Image, compressed = sensor_msgs/CompressedImage (jpeg, png)",
                        choices=("raw", "compressed")),
     "input_qos": Spec("sensor_data", "input QoS reliability", choices=INPUT_QOS),
     "input_depth": Spec(1, "input queue depth (1 = newest frame only)", range=(1, 100)),
     "output_qos": Spec("reliable", "output QoS reliability (a reliable publisher also serves best-effort "
                                    "subscribers)", choices=OUTPUT_QOS),
-    "camera_info_topic": Spec("/camera/camera_info", "sensor_msgs/CameraInfo topic; empty = use fx/fy/cx/cy"),
+    "camera_info_topic": Spec("camera_info", "sensor_msgs/CameraInfo topic; left at camera_info it is the image "
+                                             "topic's sibling (image_transport's rule); empty = use fx/fy/cx/cy"),
     "output_resolution": Spec("camera", "size of mask, confidence, colour and overlay", choices=("camera", "model")),
     "publish_overlay": Spec(True, "offer semantic_mask/overlay (computed only while subscribed)"),
+    "publish_compressed": Spec(False, "also offer <topic>/compressed (sensor_msgs/CompressedImage) for the mask (PNG), "
+                                      "colour and overlay, for remote viewers (encoded only while subscribed)"),
+    "compressed_format": Spec("jpeg", "format of the compressed colour and overlay (the mask is always PNG)",
+                              choices=("jpeg", "png")),
+    "jpeg_quality": Spec(90, "JPEG quality of the compressed colour and overlay", range=(1, 100)),
     "overlay_alpha": Spec(0.5, "weight of the class colours in the overlay", range=(0.0, 1.0), read_only=False),
     "fx": Spec(0.0, "fallback focal length x in pixels when no CameraInfo arrives (0 = none)", range=(0.0, 1e6)),
     "fy": Spec(0.0, "fallback focal length y in pixels (0 = same as fx)", range=(0.0, 1e6)),
     "cx": Spec(-1.0, "fallback principal point x in pixels (-1 = image centre)", range=(-1.0, 1e6)),
     "cy": Spec(-1.0, "fallback principal point y in pixels (-1 = image centre)", range=(-1.0, 1e6)),
+    "camera_pose_source": Spec("auto", "where the camera pose in costmap_frame comes from: tf = the transform to "
+                                       "the image's frame_id at its stamp, parameters = camera_x..camera_yaw, auto = "
+                                       "tf where tf2_ros is installed and the transform is known, else the parameters",
+                               choices=("auto", "tf", "parameters")),
+    "tf_timeout": Spec(0.05, "seconds to wait for the camera transform at an image's stamp", range=(0.0, 10.0)),
     "camera_x": Spec(0.0, "camera position along costmap_frame x (m, forward)", range=(-100.0, 100.0),
                      read_only=False),
     "camera_y": Spec(0.0, "camera position along costmap_frame y (m, left)", range=(-100.0, 100.0),
@@ -90,6 +101,8 @@ PARAMETERS: dict[str, Spec] = {
     "costmap_classes": Spec(["road", "person", "car"], "one semantic_costmap/<class> layer per name "
                                                        "(spaces become underscores in the topic)"),
     "diagnostics_period": Spec(1.0, "seconds between /diagnostics messages", range=(0.1, 60.0)),
+    "stale_timeout": Spec(3.0, "/diagnostics turns WARN when no camera frame has arrived for this many seconds",
+                          range=(0.1, 3600.0)),
     "trace_file": Spec("", "write the stage trace here on shutdown (.json Chrome trace, .csv or .png)"),
     "trace_window": Spec(300, "frames behind the latency percentiles in /diagnostics", range=(10, 100000)),
 }
@@ -112,11 +125,16 @@ class NodeParams:
     camera_info_topic: str
     output_resolution: str
     publish_overlay: bool
+    publish_compressed: bool
+    compressed_format: str
+    jpeg_quality: int
     overlay_alpha: float
     fx: float
     fy: float
     cx: float
     cy: float
+    camera_pose_source: str
+    tf_timeout: float
     camera_x: float
     camera_y: float
     camera_height: float
@@ -135,6 +153,7 @@ class NodeParams:
     default_cost: int
     costmap_classes: list[str]
     diagnostics_period: float
+    stale_timeout: float
     trace_file: str
     trace_window: int
 
@@ -145,12 +164,6 @@ class NodeParams:
             options.update(precision=self.trt_precision, rebuild=self.engine_rebuild,
                            cache_dir=self.engine_cache_dir or None)
         return options
-
-    @property
-    def subscribed_topic(self) -> str:
-        if self.input_type == "compressed" and not self.input_topic.endswith("/compressed"):
-            return self.input_topic.rstrip("/") + "/compressed"
-        return self.input_topic
 
     def pose(self) -> CameraPose:
         return CameraPose(self.camera_x, self.camera_y, self.camera_height, self.camera_roll, self.camera_pitch,
