@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_perception.backends import open_backend
+from seg_perception.backends import Backend, open_backend
 from seg_perception.core.trace import STAGES
 from seg_perception.eval import EvalError
 from seg_perception.eval.bag_eval import BagEvalConfig, evaluate_bag, no_match_error, report_source
@@ -75,7 +75,7 @@ def _describe(exc: BaseException) -> str:
 
 def slice_windows(log_span_ns: tuple[int, int], slice_ns: int) -> list[tuple[int | None, int | None] | None]:
     """Consecutive log-time windows of slice_ns covering the span; the first and last are open-ended, so every
-    message falls in exactly one. [None] (the whole bag) when slice_ns is 0 or the bag is no longer."""
+    message falls in exactly one. [None] (the whole bag) when slice_ns is 0 or the span fits in one."""
     start, end = log_span_ns
     n = math.ceil((end - start) / slice_ns) if slice_ns > 0 else 1
     if n <= 1:
@@ -120,7 +120,7 @@ class TaskResult:
     error: str | None = None
 
 
-def run_task(config: BagEvalConfig, task: FleetTask, backend) -> TaskResult:
+def run_task(config: BagEvalConfig, task: FleetTask, backend: Backend) -> TaskResult:
     """`evaluate_bag` on the task's bag or slice with an open backend; any failure becomes the result's error."""
     t0 = time.perf_counter()
     try:
