@@ -140,22 +140,35 @@ def test_one_process_without_ray_slices_add_up(fleet, reference, tiny_onnx, tmp_
 
 
 # --- on Ray -----------------------------------------------------------------------------------------------
+# Ray's processes inherit this from the test process: it tells this session's workers from another suite's.
+SESSION_MARK = f"SEG_FLEET_TEST_SESSION={os.getpid()}"
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     """One local Ray (2 CPUs) for the tests below; `eval bags` uses the Ray this process has joined."""
     ray = pytest.importorskip("ray", reason="the [fleet] extra")
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield context.address_info["gcs_address"]
-    ray.shutdown()
+    name, value = SESSION_MARK.split("=")
+    os.environ[name] = value
+    try:
+        context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield context.address_info["gcs_address"]
+        ray.shutdown()
+    finally:
+        del os.environ[name]
 
 
 def _task_pids() -> list[int]:
+    """This session's Ray workers that are running a fleet task now."""
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    if f.read().startswith(TASK_TITLE):
+                    if not f.read().startswith(TASK_TITLE):
+                        continue
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    if SESSION_MARK.encode() in f.read().split(b"\0"):
                         pids.append(int(entry.name))
             except OSError:
                 continue
