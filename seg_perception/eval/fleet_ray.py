@@ -98,6 +98,7 @@ def run_tasks(config: BagEvalConfig, tasks: list[FleetTask], workers: int = 0,
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a Ray started here reports nothing home
             ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
     pending: dict = {}
