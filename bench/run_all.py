@@ -6,6 +6,7 @@ no two compete for the two cores.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -14,8 +15,12 @@ from pathlib import Path
 
 def main() -> int:
     here = Path(__file__).resolve().parent
+    scripts = sorted(here.glob("bench_*.py"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="runs, in this order: " + ", ".join(s.name for s in scripts))
+    parser.parse_args()
     failed = []
-    for script in sorted(here.glob("bench_*.py")):
+    for script in scripts:
         print(f"\n=== {script.name} ===", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call([sys.executable, str(script)], cwd=here.parent)

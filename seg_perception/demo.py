@@ -22,11 +22,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from seg_perception.core.trace import END_TO_END, STAGES, TRANSPORT, StageSummary
 from seg_perception.deploy.export import parse_hw
+from seg_perception.errors import UsageError
+from seg_perception.pictures import (CameraView, GridGeometry, draw_costmap, draw_overlay, new_figure, save_figure,
+                                     stamp_text, write_costmap_png, write_overlay_png)
 
 IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/camera_info", "/camera/semantic_gt"
 MASK_TOPIC, OVERLAY_TOPIC, COSTMAP_TOPIC = "/semantic_mask", "/semantic_mask/overlay", "/semantic_costmap"
@@ -54,7 +56,7 @@ class Received:
     overlays: dict[int, np.ndarray] = field(default_factory=dict)
     costmap: np.ndarray | None = None  # int8 [rows=y, cols=x] cells, the latest fused costmap
     costmap_stamp: int = -1
-    costmap_resolution: float = 0.0
+    costmap_grid: GridGeometry | None = None
 
 
 def fastdds_profile() -> Path | None:
@@ -143,20 +145,12 @@ class Collector:
 
     def _on_costmap(self, msg) -> None:
         self.received.costmap = np.frombuffer(msg.data, np.int8).reshape(msg.info.height, msg.info.width).copy()
-        self.received.costmap_resolution = msg.info.resolution
+        self.received.costmap_grid = GridGeometry(msg.info.resolution, msg.info.origin.position.x,
+                                                  msg.info.origin.position.y)
         self.received.costmap_stamp = self._stamp(msg)
 
     def node_ready(self) -> bool:
         return self.mask_sub.get_publisher_count() > 0
-
-
-def costmap_picture(cells: np.ndarray, scale: int = 4) -> np.ndarray:
-    """BGR picture of an occupancy grid (x forward -> up, y left -> left): free green, lethal red, unknown grey."""
-    view = cells.T[::-1, ::-1]  # rows = x descending, cols = y descending
-    cost = np.clip(view.astype(np.float32), 0, 100) / 100.0
-    bgr = np.stack([np.full_like(cost, 40), 200 * (1 - cost) + 30, 220 * cost + 30], -1).astype(np.uint8)
-    bgr[view < 0] = (128, 128, 128)
-    return cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
 
 def durations_from_chrome_trace(path: Path) -> np.ndarray:
@@ -200,6 +194,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     import rclpy
 
     from seg_perception.backends import resolve_model
+    from seg_perception.data.synthetic import Camera
     from seg_perception.backends.onnxruntime_backend import read_model_info
     from seg_perception.core.trace_export import format_table
     from seg_perception.eval.bag_io import BagReader, mono8_array, stamp_ns
@@ -276,8 +271,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     report, scored = build_report(stats, durations, source, model_identity(model, info),
                                   extra={"demo": asdict(cfg), "seg_node_exit": node_rc,
                                          "wall_s": time.perf_counter() - t_start})
-    write_report(report, scored, out / "report.json")
-    _write_pictures(received, out, cfg.overlays)
+    reports = [path.name for path in write_report(report, scored, out / "report.json")]
+    pictures = _write_pictures(received, out, cfg.overlays, info,
+                               CameraView.from_intrinsics(Camera.for_image(*cfg.size).focal, cfg.size[1]))
 
     print(f"\nmIoU {100 * scored.miou:.2f} % over {stats.num_images} of {cfg.frames} frames "
           f"(through seg_node, model {info.name} {info.input_size[0]}x{info.input_size[1]})")
@@ -285,21 +281,36 @@ def run_demo(cfg: DemoConfig) -> dict:
         print(f"  {name:<14}{'n/a' if iou is None else f'{100 * iou:6.2f}'}")
     if report["latency_ms"]:
         print("\n" + format_table(stage_summaries(report["latency_ms"]), title="seg_node stage latency"))
-    print(f"\n[demo] outputs in {out}: report.json, report.md, trace.json, overlay_*.png, costmap.png "
-          f"({time.perf_counter() - t_start:.0f} s)")
+    written = reports + (["trace.json"] if trace_file.is_file() else []) + pictures
+    print(f"\n[demo] outputs in {out}: {', '.join(written)} ({time.perf_counter() - t_start:.0f} s)")
     return report
 
 
-def _write_pictures(received: Received, out: Path, n_overlays: int) -> None:
-    stamps = sorted(received.overlays)
+def _write_pictures(received: Received, out: Path, n_overlays: int, info, camera: CameraView) -> list[str]:
+    """overlay_*.png with a class legend, costmap.png on metre axes, overview.png (the last costmap beside the
+    overlay of its frame); returns the names written."""
     for old in out.glob("overlay_*.png"):
         old.unlink()
+    written = []
+    stamps = sorted(received.overlays)
     if stamps and n_overlays:
         for k in np.unique(np.linspace(0, len(stamps) - 1, n_overlays).round().astype(int)):
-            bgr = cv2.cvtColor(received.overlays[stamps[k]], cv2.COLOR_RGB2BGR)
-            cv2.imwrite(str(out / f"overlay_{k:03d}.png"), bgr)
+            stamp = stamps[k]
+            written.append(write_overlay_png(
+                out / f"overlay_{k:03d}.png", received.overlays[stamp], received.masks.get(stamp), info.class_names,
+                info.palette, f"seg_node overlay, model {info.name}, frame stamp {stamp_text(stamp)}").name)
     if received.costmap is not None:
-        cv2.imwrite(str(out / "costmap.png"), costmap_picture(received.costmap))
+        stamp = received.costmap_stamp
+        title = f"semantic_costmap from above, model {info.name}, frame stamp {stamp_text(stamp)}"
+        written.append(write_costmap_png(out / "costmap.png", received.costmap, received.costmap_grid, camera,
+                                         title).name)
+        if stamp in received.overlays:
+            fig, (left, right) = new_figure(2, f"seg_node on the synthetic drive, model {info.name}, frame stamp "
+                                               f"{stamp_text(stamp)}: camera overlay and fused costmap")
+            draw_overlay(left, received.overlays[stamp], received.masks.get(stamp), info.class_names, info.palette)
+            draw_costmap(right, received.costmap, received.costmap_grid, camera)
+            written.append(save_figure(fig, out / "overview.png").name)
+    return written
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -317,6 +328,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__})
+    if cfg.frames < 1 or cfg.rate <= 0 or cfg.streets < 1 or cfg.overlays < 0 or cfg.threads < 0:
+        raise UsageError("--frames and --streets must be >= 1, --rate > 0, --overlays and --threads >= 0")
+    from seg_perception.backends import resolve_model
+
+    if not Path(resolve_model(cfg.model)).is_file():  # said before the drive is rendered
+        raise UsageError(f"model file not found: {resolve_model(cfg.model)}")
     try:
         run_demo(cfg)
     except RuntimeError as exc:

@@ -151,12 +151,11 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     train_samples = find_samples(cfg.data, cfg.train_split)
     val_samples = find_samples(cfg.data, cfg.val_split) if cfg.val_split else []
-
     model = build_model(cfg.model)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     if cfg.checkpoint:
         print(load_checkpoint(model, cfg.checkpoint, strict=False).describe())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

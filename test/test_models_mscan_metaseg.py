@@ -13,6 +13,7 @@ pytest.importorskip("fvcore")
 from model_checks import assert_onnx_matches_torch, export_and_compare, overfit_steps, synthetic_batch  # noqa: E402
 
 from seg_perception.deploy.export import export_onnx, model_info_for  # noqa: E402
+from seg_perception.deploy.trt_compat import check_onnx  # noqa: E402
 from seg_perception.models import registry  # noqa: E402
 from seg_perception.models.checkpoint import key_fixture, read_fixture  # noqa: E402
 from seg_perception.models.flops import count_flops, count_params_m  # noqa: E402
@@ -201,6 +202,9 @@ def test_dynamic_export_agrees_with_pytorch_at_other_sizes(tmp_path):
     path = export_onnx(model, info, tmp_path / "dyn.onnx", with_logits=True, dynamic=True)
     for size in [(128, 256), (256, 512), (160, 96)]:  # the export size, larger, and another aspect ratio
         assert_onnx_matches_torch(model, path, dataclasses.replace(info, input_size=size))
+    for trt_version in ("8.6", "latest"):  # the graph reads its size from the cast input, not the UINT8 one
+        report = check_onnx(path, trt_version)
+        assert report.ok, report.describe()
 
 
 def test_metaseg_learns_a_few_synthetic_frames():

@@ -64,6 +64,16 @@ def test_slot_close_wakes_a_waiting_worker():
 
 
 # --- conversions -----------------------------------------------------------------------------------
+def test_transport_is_left_out_when_stamps_are_not_live():
+    node = pytest.importorskip("seg_perception.ros.node")
+    arrival = 5_000_000_000_000
+    assert node.transport_start(arrival, 3_000_000) == arrival - 3_000_000  # 3 ms camera -> callback
+    assert node.transport_start(arrival, -2_000_000) == arrival  # camera clock a little ahead: zero, not negative
+    year = 365 * 86_400 * 1_000_000_000
+    assert node.transport_start(arrival, 3 * year) is None  # a replayed bag's recording time
+    assert node.transport_start(arrival, -year) is None
+
+
 def test_image_out_refills_one_buffer_without_copies_into_the_message():
     conv = pytest.importorskip("seg_perception.ros.conversions")
     from std_msgs.msg import Header

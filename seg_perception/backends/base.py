@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from seg_perception.errors import UsageError
 from seg_perception.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IMAGENET_MEAN, IMAGENET_STD
 
 # Keys of the metadata_props written into every exported ONNX file (and engine sidecars).
@@ -75,7 +76,7 @@ class InferenceOutputs:
     logits: np.ndarray | None = None  # float32 [K, H, W]
 
 
-class BackendError(RuntimeError):
+class BackendError(UsageError, RuntimeError):
     """A model file or engine cannot be used; the message names the file and the problem."""
 
 

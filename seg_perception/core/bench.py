@@ -23,6 +23,7 @@ from seg_perception.core.costmap import CameraPose, GridSpec, GroundProjector
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.core.trace_export import format_table, write_trace
 from seg_perception.deploy.export import parse_hw
+from seg_perception.progress import progress_bar
 
 ENCODINGS = ("rgb8", "bgr8", "jpeg")
 _DISTINCT_FRAMES = 4  # cycled, so the loop itself allocates nothing
@@ -65,14 +66,17 @@ def run(args: argparse.Namespace) -> int:
         frames = camera_frames(cam_h, cam_w, args.encoding)
         decode = frame_decoder(pipeline, args.encoding, cam_h, cam_w)
 
-        for i in range(args.warmup):
-            pipeline.process(decode(frames[i % len(frames)], -1), request)
-        t0 = time.perf_counter()
-        for i in range(args.frames):
-            slot = tracer.begin()
-            pipeline.process(decode(frames[i % len(frames)], slot), request, slot)
-            tracer.commit(slot)
-        wall = time.perf_counter() - t0
+        with progress_bar(args.warmup + args.frames, "frame") as bar:
+            for i in range(args.warmup):
+                pipeline.process(decode(frames[i % len(frames)], -1), request)
+                bar.update()
+            t0 = time.perf_counter()
+            for i in range(args.frames):
+                slot = tracer.begin()
+                pipeline.process(decode(frames[i % len(frames)], slot), request, slot)
+                tracer.commit(slot)
+                bar.update()
+            wall = time.perf_counter() - t0
 
         providers = getattr(backend, "providers", None)  # ONNX Runtime's execution providers
         print(f"model {info.name} ({info.input_size[0]}x{info.input_size[1]}) on {backend.name}"
@@ -81,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(tracer.summary(), title=f"{args.frames} frames after {args.warmup} warm-up"))
         print(f"throughput {args.frames / wall:.2f} frames/s (one frame at a time)")
         if args.trace:
-            print(f"trace written to {write_trace(tracer, args.trace)}")
+            title = f"seg-perception bench, model {info.name} on {backend.name}, camera {cam_h}x{cam_w}"
+            print(f"trace written to {write_trace(tracer, args.trace, title=title)}")
     return 0
 
 

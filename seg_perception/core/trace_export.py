@@ -8,6 +8,7 @@ and a timeline. Reading happens off the hot path, so allocation here is fine.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from pathlib import Path
@@ -21,10 +22,11 @@ _PROCESS_NAME = "seg_perception"
 _FRAME_TRACK = 0  # Chrome trace tid of the per-frame (end-to-end) track; stage tracks follow it
 
 
-def write_trace(tracer: Tracer, path: str | os.PathLike, window: int | None = None) -> Path:
-    """Write the last `window` committed frames (default: all still in the ring) as .json, .csv or .png."""
+def write_trace(tracer: Tracer, path: str | os.PathLike, window: int | None = None, title: str = "") -> Path:
+    """Write the last `window` committed frames (default: all still in the ring) as .json, .csv or .png;
+    `title` (what was traced: model, backend) heads the PNG."""
     path = Path(path)
-    writers = {".json": write_chrome_trace, ".csv": write_csv, ".png": write_png}
+    writers = {".json": write_chrome_trace, ".csv": write_csv, ".png": functools.partial(write_png, title=title)}
     writer = writers.get(path.suffix.lower())
     if writer is None:
         raise ValueError(f"trace file '{path}': suffix must be one of {', '.join(writers)}")
@@ -119,8 +121,9 @@ def write_csv(tracer: Tracer, path: str | os.PathLike, window: int | None = None
 
 
 # --- PNG ----------------------------------------------------------------------------------------
-def write_png(tracer: Tracer, path: str | os.PathLike, window: int | None = None) -> None:
-    """Latency histogram per stage (and end to end) above a per-frame timeline of stacked stage times."""
+def write_png(tracer: Tracer, path: str | os.PathLike, window: int | None = None, title: str = "") -> None:
+    """Latency histogram per stage (and end to end) above a per-frame timeline of stacked stage times, under
+    a title naming what was traced."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: the node and CI have no display
@@ -132,6 +135,7 @@ def write_png(tracer: Tracer, path: str | os.PathLike, window: int | None = None
     cols = 3
     hist_rows = max(1, -(-len(shown) // cols))
     fig = plt.figure(figsize=(12, 2.6 * hist_rows + 3.6), layout="constrained")
+    fig.suptitle(f"stage latency{': ' + title if title else ''} ({dur.shape[0]} frames)", fontsize=10)
     grid = fig.add_gridspec(hist_rows + 1, cols, height_ratios=[1] * hist_rows + [1.4])
     colors = plt.get_cmap("tab10")
     for k, i in enumerate(shown):

@@ -15,12 +15,14 @@ import functools
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
+from seg_perception.errors import UsageError
 from seg_perception.eval.metrics import LABEL_TO_TRAIN
+from seg_perception.progress import progress_bar
 
 # Cityscapes label ids (cityscapesscripts.helpers.labels)
 UNLABELED, EGO_VEHICLE, OUT_OF_ROI, DYNAMIC = 0, 1, 3, 5
@@ -591,9 +593,10 @@ def cityscapes_stem(split: str, index: int) -> tuple[str, str]:
 
 
 def write_cityscapes(root: str | Path, split: str, n: int, size: tuple[int, int] = (512, 1024),
-                     seed: int = 0, drives: int = 0) -> list[Path]:
+                     seed: int = 0, drives: int = 0, on_image: Callable[[], None] | None = None) -> list[Path]:
     """Write n scenes in the Cityscapes layout under root, then `drives` x DRIVE_SAMPLES frames of drives
-    (what a camera on a moving robot sees: the demo's domain); returns the written leftImg8bit paths."""
+    (what a camera on a moving robot sees: the demo's domain); returns the written leftImg8bit paths.
+    `on_image` is called after each image is written (progress)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     scenes = (render_scene(rng, *size) for _ in range(n))
@@ -613,6 +616,8 @@ def write_cityscapes(root: str | Path, split: str, n: int, size: tuple[int, int]
         cv2.imwrite(str(gt_dir / f"{stem}_gtFine_labelTrainIds.png"), frame.train_ids)
         cv2.imwrite(str(gt_dir / f"{stem}_gtFine_instanceIds.png"), frame.instance_ids.astype(np.uint16))
         written.append(image)
+        if on_image is not None:
+            on_image()
     return written
 
 
@@ -638,14 +643,19 @@ def run(args) -> int:
     if args.bag:
         from seg_perception.eval.bag_io import write_drive_bag
         h, w = args.size
-        frames = render_drive(np.random.default_rng(args.seed), args.frames, h, w)
+        frames = progress_bar(args.frames, "frame", desc=args.bag,
+                              iterable=render_drive(np.random.default_rng(args.seed), args.frames, h, w))
         path = write_drive_bag(args.bag, frames, storage=args.storage, compressed=args.compressed,
                                camera_info=Camera.for_image(h, w).pinhole(), rate_hz=args.rate)
         print(f"wrote {path}: {args.frames} frames {h}x{w} at {args.rate} Hz")
         return 0
     for k, spec in enumerate(args.split or ["train:200", "val:50"]):
         split, _, n = spec.partition(":")
-        paths = write_cityscapes(args.out, split, int(n or 100), args.size, seed=args.seed + 1000 * k,
-                                 drives=args.drives if split == "train" else 0)
+        if not split or not (n or "100").isdigit():
+            raise UsageError(f"--split expects SPLIT or SPLIT:N such as train:200, got '{spec}'")
+        count, drives = int(n or 100), args.drives if split == "train" else 0
+        with progress_bar(count + drives * DRIVE_SAMPLES, "img", desc=split) as bar:
+            paths = write_cityscapes(args.out, split, count, args.size, seed=args.seed + 1000 * k, drives=drives,
+                                     on_image=bar.update)
         print(f"wrote {len(paths)} {split} images under {args.out}")
     return 0

@@ -244,7 +244,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-cache", metavar="FILE", help="INT8 calibration cache (read if present, else written)")
     p.add_argument("--workspace", type=int, default=1024, metavar="MB", help="builder workspace limit in MiB")
     p.add_argument("--shapes", type=parse_shapes, metavar="MIN/OPT/MAX",
-                   help="HxW/HxW/HxW profile for an ONNX exported with --dynamic (default: its export size)")
+                   help="HxW/HxW/HxW profile for an ONNX with dynamic axes (default: its export size)")
     p.add_argument("--timing-cache", metavar="FILE", help="timing cache file (default: beside the engine)")
     p.add_argument("--cache-dir", help="where engines live (default: beside the ONNX); the node's cache_dir")
     p.add_argument("--out", help="engine path (default: the cache path the tensorrt backend looks up)")

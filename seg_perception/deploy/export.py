@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from seg_perception.backends.base import ModelInfo
+from seg_perception.errors import OptionError
 
 OPSET = 17
 
@@ -81,8 +82,9 @@ def deploy_wrapper(model, info: ModelInfo, with_logits: bool, dynamic: bool = Fa
             self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
         def forward(self, image):
-            # Cast before the transpose: TensorRT lets UINT8 tensors feed only a Cast.
-            x = (image.float().permute(0, 3, 1, 2) - self.mean) * self.inv_std
+            # Cast first: TensorRT lets UINT8 tensors feed only a Cast (no Transpose, no Shape).
+            pixels = image.float()
+            x = (pixels.permute(0, 3, 1, 2) - self.mean) * self.inv_std
             low = None
             if torch.onnx.is_in_onnx_export() and hasattr(self.model, "forward_lowres"):
                 low = self.model.forward_lowres(x)
@@ -90,7 +92,7 @@ def deploy_wrapper(model, info: ModelInfo, with_logits: bool, dynamic: bool = Fa
                 return self.outputs(self.model(x), dim=1)
             (n, k, _, _), (_, h, w, _) = static_shape(low), static_shape(image)
             sizes = (n, h, w, k)
-            scores = resize_nhwc.apply(low.permute(0, 2, 3, 1), image, sizes, self.dynamic)  # 1, H, W, K
+            scores = resize_nhwc.apply(low.permute(0, 2, 3, 1), pixels, sizes, self.dynamic)  # 1, H, W, K
             return self.outputs(scores, dim=3)
 
         def outputs(self, logits, dim: int):
@@ -171,7 +173,7 @@ def export_zoo(name: str, input_size: tuple[int, int], out: str | Path, checkpoi
 
     family = get_variant(name).family
     if dynamic and family not in DYNAMIC_FAMILIES:
-        raise ValueError(f"--dynamic is not supported for {name}: a {family} graph fixes size-dependent tables "
+        raise OptionError(f"--dynamic is not supported for {name}: a {family} graph fixes size-dependent tables "
                          f"when exported; export one file per input size (supported: {sorted(DYNAMIC_FAMILIES)})")
     model = build_model(name)
     if checkpoint:
@@ -186,6 +188,8 @@ def parse_hw(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW such as 512x1024, got '{text}'") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive HxW such as 512x1024, got '{text}'")
     return h, w
 
 

@@ -12,6 +12,7 @@ from seg_perception.deploy.export import parse_hw
 from seg_perception.eval import EvalError
 from seg_perception.eval.inference import MODES, InferenceConfig
 from seg_perception.eval.metrics import ID_FORMATS
+from seg_perception.progress import progress_bar
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -24,10 +25,8 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
-def _model_arguments(p: argparse.ArgumentParser,
-                     out_help: str = "report.json path; .md and _confusion.png go beside it",
-                     threads_help: str = "inference threads per process (0 = backend default; 1 when --workers > 1)",
-                     ) -> None:
+def _model_arguments(p: argparse.ArgumentParser, threads_help: str,
+                     out_help: str = "report.json path; .md and _confusion.png go beside it") -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--threads", type=int, default=0, help=threads_help)
     p.add_argument("--out", required=True, type=Path, help=out_help)
@@ -54,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cs.add_argument("--stride", type=parse_hw, help="slide step HxW (default 2/3 of the model input)")
     cs.add_argument("--workers", type=int, default=1, help="worker processes")
     cs.add_argument("--no-instances", action="store_true", help="skip iIoU even where instanceIds exist")
-    _model_arguments(cs)
+    _model_arguments(cs, "inference threads per process (0 = backend default; 1 when --workers > 1)")
 
     bag = sub.add_parser("bag", help="a rosbag2 (sqlite3 or mcap) with images and ground truth",
                          description="Run seg_node's pipeline on every frame of a bag and score the frames whose "
@@ -67,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bag.add_argument("--params-file", type=Path,
                      help="seg_node parameters YAML (camera pose, grid, cost table) for --write-bag costmaps")
     bag.add_argument("--trace", type=Path, help="write the stage trace: .json (Chrome/Perfetto), .csv or .png")
-    _model_arguments(bag)
+    _model_arguments(bag, "inference threads (0 = backend default)")
 
     bags = sub.add_parser("bags", help="many bags, in one process or on Ray (local or a cluster)",
                           description="Score every bag under PATH... as `eval bag` does, one task per bag (or per "
@@ -84,9 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="join the Ray cluster at ADDRESS (the head's `ray start --head` prints it)")
     bags.add_argument("--slice-seconds", type=float, default=0.0,
                       help="split bags longer than this into tasks of this much log time (0 = one task per bag)")
-    _model_arguments(bags, out_help="new or empty folder for the reports (DIR)",
-                     threads_help="inference threads per task (0 = backend default; on Ray 0 means 1), and the CPUs "
-                                  "Ray reserves for a task")
+    _model_arguments(bags, "inference threads per task (0 = backend default; on Ray 0 means 1), and the CPUs Ray "
+                           "reserves for a task", out_help="new or empty folder for the reports (DIR)")
 
 
 def _bag_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _progress(args: argparse.Namespace, total: int, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True)
+    return progress_bar(total, unit, quiet=args.quiet)
 
 
 def _cityscapes(args: argparse.Namespace) -> int:
@@ -178,7 +174,7 @@ def _bag(args: argparse.Namespace) -> int:
     if args.trace:
         from seg_perception.core.trace_export import write_trace
 
-        write_trace(result.tracer, args.trace)
+        write_trace(result.tracer, args.trace, title=f"eval bag {args.bag}, model {result.model_info.name}")
     source = report_source(config, result.num_frames, result.unmatched_frames, result.unmatched_gt)
     report, scored = build_report(result.stats, result.tracer.durations_ms(), source,
                                   model_identity(args.model, result.model_info))

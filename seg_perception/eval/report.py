@@ -143,7 +143,7 @@ def write_confusion_png(confusion: np.ndarray, path: str | os.PathLike, title: s
     for i, j in zip(*np.nonzero(norm >= 0.01)):
         ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
                 color="black" if norm[i, j] > 0.5 else "white")
-    ax.set_title(title, fontsize=10)
+    ax.set_title("confusion matrix, rows normalised" + (f": {title}" if title else ""), fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of ground-truth pixels")
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg_perception.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 # Containers official training code nests the weights in, tried in order.
@@ -27,8 +29,8 @@ NESTING_KEYS = ("state_dict", "model", "state_dict_ema")
 OPTIONAL_KEY_SUFFIXES = ("conv_seg.weight", "conv_seg.bias", "num_batches_tracked")
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UsageError, RuntimeError):
+    """A checkpoint that is missing, unreadable or does not fit the model; the message says which."""
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from seg_perception.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -69,19 +71,19 @@ def register(v: Variant) -> Variant:
 register(Variant(
     "metaseg-t", "metaseg", "mscan:MSCAN", MSCAN_T, "metaseg_head:MetaSegHead",
     dict(in_channels=(32, 64, 160, 256), embed_dim=128),
-    references=(Reference(4.68, 5.51, ADE, 150, "research/models.md §3.5 (fvcore re-creation; paper table not found)"),
-                Reference(4.648, 44.21, CITY, 19, "research/models.md §3.5 (fvcore re-creation)")),
+    references=(Reference(4.68, 5.51, ADE, 150, "fvcore on the official MetaSeg code (paper table not found)"),
+                Reference(4.648, 44.21, CITY, 19, "fvcore on the official MetaSeg code (paper table not found)")),
 ))
 register(Variant(
     "metaseg-b", "metaseg", "mscan:MSCAN", MSCAN_B, "metaseg_head:MetaSegHead",
     dict(in_channels=(64, 128, 320, 512), embed_dim=512),
-    references=_r(29.47, 243.72, CITY, 19, "research/models.md §3.5 (Cityscapes head, embed 512)"),
+    references=_r(29.47, 243.72, CITY, 19, "fvcore on the official MetaSeg code (Cityscapes head, embed 512)"),
     notes="Cityscapes decoder width 512",
 ))
 register(Variant(
     "metaseg-b-ade20k", "metaseg", "mscan:MSCAN", MSCAN_B, "metaseg_head:MetaSegHead",
     dict(in_channels=(64, 128, 320, 512), embed_dim=768), num_classes=150,
-    references=_r(29.84, 31.6, ADE, 150, "research/models.md §3.5 (ADE20K head, embed 768)"),
+    references=_r(29.84, 31.6, ADE, 150, "fvcore on the official MetaSeg code (ADE20K head, embed 768)"),
     notes="ADE20K decoder width 768",
 ))
 
@@ -105,7 +107,7 @@ register(Variant(
 # --- SegMAN (LASS encoder + MMSCopE decoder) -------------------------------------------------------
 # Official configs (yunxiangfu2001/SegMAN local_configs/segman/*); counts by fvcore with natten/selective-scan
 # handles (research/models.md §1, §6.5). The official T Cityscapes config's 150 classes is a bug: 19 here.
-_SEGMAN_SRC = "SegMAN (CVPR 2025) README + paper Table; research/models.md §6.5"
+_SEGMAN_SRC = "SegMAN (CVPR 2025) README + paper table"
 SEGMAN_T = dict(embed_dims=(32, 64, 144, 192), depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8),
                 kernel_sizes=(11, 9, 9, 7), mlp_ratios=(4, 4, 3, 3))
 SEGMAN_S = dict(embed_dims=(64, 144, 288, 512), depths=(2, 2, 10, 4), num_heads=(2, 4, 8, 16),
@@ -116,8 +118,8 @@ SEGMAN_L = dict(embed_dims=(96, 192, 432, 640), depths=(4, 4, 28, 4), num_heads=
                 kernel_sizes=(11, 9, 7, 7), mlp_ratios=(4, 4, 3, 3), layer_scale=1e-6)
 for _name, _enc, _e, _p, _refs in (
     ("segman-t", SEGMAN_T, 128, 192, (Reference(6.40, 6.2, ADE, 150, _SEGMAN_SRC),
-                                       Reference(6.38, 50.9, CITY, 19, "research/models.md §6.5: paper's 52.5 G "
-                                                 "is the config's 150-class head; 19 classes recounted"))),
+                                       Reference(6.38, 50.9, CITY, 19, _SEGMAN_SRC + ": its 52.5 G is the "
+                                                 "config's 150-class head; 19 classes recounted"))),
     ("segman-s", SEGMAN_S, 152, 288, _r(29.97, 218.4, CITY, 19, _SEGMAN_SRC + " (paper prints 29.4 M, the "
                                         "ADE head's count; the Cityscapes head is wider, E=152)")),
     ("segman-s-ade20k", SEGMAN_S, 144, 288, _r(29.42, 25.3, ADE, 150, _SEGMAN_SRC)),
@@ -152,11 +154,18 @@ register(Variant(
 ))
 
 
+class UnknownModelError(UsageError, KeyError):
+    """A zoo name that is not registered; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise KeyError(f"unknown model '{name}'; known: {', '.join(sorted(VARIANTS))}") from None
+        raise UnknownModelError(f"unknown model '{name}'; known: {', '.join(sorted(VARIANTS))}") from None
 
 
 def _resolve(path: str):

@@ -38,6 +38,7 @@ from seg_perception.ros.topics import LATCHED, resolve_inputs
 
 _NOW = trace._NOW
 THROTTLE_S = 5.0  # bad-input log lines: at most one per this many seconds
+LIVE_STAMP_NS = 10_000_000_000  # a header stamp further than this from ROS now is on another clock
 _POSE_PARAMS = {"camera_x": "x", "camera_y": "y", "camera_height": "height", "camera_roll": "roll",
                 "camera_pitch": "pitch", "camera_yaw": "yaw"}
 
@@ -47,6 +48,12 @@ class _Frame:
     msg: Image | CompressedImage
     arrival_ns: int  # perf_counter clock
     transport_ns: int  # ROS now - header stamp at arrival
+
+
+def transport_start(arrival_ns: int, transport_ns: int) -> int | None:
+    """Start of a frame's transport span, or None when its stamp is not live: a replayed bag's stamps are its
+    recording times (so are an unsynchronised camera's), and 'now - stamp' would be a span of years."""
+    return None if abs(transport_ns) > LIVE_STAMP_NS else arrival_ns - max(transport_ns, 0)
 
 
 def layer_topic(name: str) -> str:
@@ -210,7 +217,12 @@ class SegNode(Node):
         decoded = _NOW()
         tracer = self.tracer
         slot = tracer.begin(conv.stamp_to_ns(msg.header.stamp))
-        tracer.span(slot, trace.TRANSPORT, frame.arrival_ns - max(frame.transport_ns, 0), frame.arrival_ns)
+        sent = transport_start(frame.arrival_ns, frame.transport_ns)
+        if sent is not None:
+            tracer.span(slot, trace.TRANSPORT, sent, frame.arrival_ns)
+        else:
+            self.get_logger().info(f"header stamps are {frame.transport_ns / 1e9:.0f} s off ROS time (a replayed "
+                                   "bag?): transport is left out of the trace", once=True)
         tracer.span(slot, trace.WAIT, frame.arrival_ns, taken)
         tracer.span(slot, trace.DECODE, taken, decoded)
         cam_hw = rgb.shape[:2]
@@ -325,7 +337,9 @@ class SegNode(Node):
             try:  # a trace that cannot be written must not spoil a clean exit
                 from seg_perception.core.trace_export import write_trace
 
-                write_trace(self.tracer, self.params.trace_file)
+                info = self.backend.info
+                write_trace(self.tracer, self.params.trace_file,
+                            title=f"{self.get_fully_qualified_name()}, model {info.name} on {self.backend.name}")
                 self.get_logger().info(f"trace of {self.tracer.committed} frames written to {self.params.trace_file}")
             except Exception as exc:
                 self.get_logger().error(f"cannot write trace_file {self.params.trace_file}: {exc}")

@@ -14,12 +14,13 @@ from rclpy.node import Node
 
 from seg_perception.backends import BACKENDS
 from seg_perception.core.costmap import CameraPose, GridSpec
+from seg_perception.errors import UsageError
 
 INPUT_QOS = ("sensor_data", "best_effort", "reliable")
 OUTPUT_QOS = ("reliable", "best_effort")
 
 
-class ParameterError(ValueError):
+class ParameterError(UsageError, ValueError):
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"parameter '{name}': {problem}")
         self.name = name
