@@ -77,10 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _bag_arguments(bags)
     where = bags.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=0, metavar="N",
-                       help="run on a local Ray started in this process with N CPUs (needs the [fleet] extra); "
-                            "default: one process, no Ray")
+                       help="run on a local Ray started in this process with N CPUs (the [fleet] extra); "
+                            "0: in one process, without Ray")
     where.add_argument("--ray", default="", metavar="ADDRESS",
-                       help="join the Ray cluster at ADDRESS (the head's `ray start --head` prints it)")
+                       help="join the Ray cluster at ADDRESS, as `ray start` prints it on the head machine")
     bags.add_argument("--slice-seconds", type=float, default=0.0,
                       help="split bags longer than this into tasks of this much log time (0 = one task per bag)")
     _model_arguments(bags, "inference threads per task (0 = backend default; on Ray 0 means 1), and the CPUs Ray "
