@@ -59,13 +59,13 @@ def ros_environment() -> dict:
 class Peer:
     """Publishes frames and waits for the node's answer to each one."""
 
-    def __init__(self, domain: int, outputs: tuple[str, ...]) -> None:
+    def __init__(self, domain: int, outputs: tuple[str, ...], depth: np.ndarray | None = None) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from nav_msgs.msg import OccupancyGrid
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-        from sensor_msgs.msg import CameraInfo, Image
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
         self.rclpy = rclpy
         self.ctx = rclpy.Context()
@@ -78,7 +78,8 @@ class Peer:
         self.cond = threading.Condition()
         self.node.create_subscription(Image, "/semantic_mask", self._on_mask, reliable)
         self.node.create_subscription(DiagnosticArray, "/semantic_mask/latency", self._on_latency, reliable)
-        types = {"/semantic_mask/camera_info": CameraInfo, "/semantic_costmap": OccupancyGrid}
+        types = {"/semantic_mask/camera_info": CameraInfo, "/semantic_costmap": OccupancyGrid,
+                 "/semantic_points": PointCloud2}
         for topic in outputs:  # subscribed only so that the node computes them
             self.node.create_subscription(types.get(topic, Image), topic, lambda msg: None, reliable)
         self.executor = SingleThreadedExecutor(context=self.ctx)
@@ -88,6 +89,13 @@ class Peer:
         rng = np.random.default_rng(0)
         self.msg.data = rng.integers(0, 255, (1024, 2048, 3), np.uint8).tobytes()
         self.msg.header.frame_id = "camera"
+        self.depth_msg = None  # with `depth` (metres): a 16UC1 image on /camera/depth, stamped as each frame
+        if depth is not None:
+            self.depth_pub = self.node.create_publisher(Image, "/camera/depth", qos_profile_sensor_data)
+            mm = np.round(depth * 1000)
+            self.depth_msg = Image(height=depth.shape[0], width=depth.shape[1], encoding="16UC1",
+                                   step=depth.shape[1] * 2)
+            self.depth_msg.data = np.where(mm > 65535, 0, mm).astype("<u2").tobytes()
 
     def _spin(self) -> None:
         try:
@@ -116,6 +124,9 @@ class Peer:
         stamp = self.node.get_clock().now()
         key = stamp.nanoseconds
         self.msg.header.stamp = stamp.to_msg()
+        if self.depth_msg is not None:
+            self.depth_msg.header.stamp = self.msg.header.stamp
+            self.depth_pub.publish(self.depth_msg)
         self.pub.publish(self.msg)
         with self.cond:
             if not self.cond.wait_for(lambda: key in self.mask_at and key in self.latency, timeout):
@@ -129,16 +140,17 @@ class Peer:
 
 
 def run_case(model: Path, env: dict, outputs: tuple[str, ...], frames: int, warmup: int, threads: int,
-             workdir: Path) -> list[tuple[float, dict[str, float]]]:
+             workdir: Path, params: dict | None = None,
+             depth: np.ndarray | None = None) -> list[tuple[float, dict[str, float]]]:
+    """`params` override the node's; `depth` (metres) is published with every frame."""
     params = {"model": str(model), "threads": threads, "input_topic": "/camera/image_raw", "camera_info_topic": "",
-              "fx": 1000.0,
-              "camera_pitch": 0.1, "publish_overlay": True}
+              "fx": 1000.0, "camera_pitch": 0.1, "publish_overlay": True, **(params or {})}
     params_file = workdir / "params.yaml"
     params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
     log = open(workdir / "seg_node.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "seg_perception.ros.node", "--ros-args", "--params-file",
                              str(params_file)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    peer = Peer(int(env["ROS_DOMAIN_ID"]), outputs)
+    peer = Peer(int(env["ROS_DOMAIN_ID"]), outputs, depth)
     results = []
     try:
         deadline = time.monotonic() + 120

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             model = build_model(name).eval()
             info = model_info_for(name, (h, w))
             path = export_onnx(model, info, Path(tmp) / f"{name}.onnx")
-            ort = OnnxRuntimeBackend(str(path), threads=args.threads)
+            ort = OnnxRuntimeBackend(str(path), threads=args.threads, device="cpu")
             eager = TorchBackend(model, info, threads=args.threads)
             t_ort, t_torch, agree = time_pair(ort, eager, image, args.budget_s, args.max_iters)
             m_ort, m_torch = statistics.median(t_ort), statistics.median(t_torch)

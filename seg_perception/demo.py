@@ -1,10 +1,13 @@
 """`seg-perception demo` (`make demo`): the whole package in one command, no GPU, no ROS install, no torch.
 
-1. render a synthetic drive (camera 1.5 m above a street) into a rosbag2 with CameraInfo and ground truth;
-2. start `seg_node` on the embedded default model with ONNX Runtime;
+1. render a synthetic drive (camera 1.5 m above a street) into a rosbag2 with CameraInfo, registered depth and
+   ground truth (labels and the true top-down map);
+2. start `seg_node` on the embedded default model with ONNX Runtime, building its costmaps from depth;
 3. replay the bag into it over real ROS 2 topics (`seg-perception replay`);
-4. receive masks, overlays and the fused costmap here, score the masks against the ground truth;
-5. stop the node (it writes its stage trace), print mIoU and per-stage latency, write everything to --out.
+4. receive masks, overlays and costmaps here, score the masks against the ground truth, and the node's depth
+   costmaps beside flat-ground ones (the same core projector on the received masks) against the true map;
+5. stop the node (it writes its stage trace), print mIoU, costmap IoU and per-stage latency, write everything to
+   --out.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ import numpy as np
 from seg_perception.core.trace import END_TO_END, STAGES, TRANSPORT, StageSummary
 from seg_perception.deploy.export import parse_hw
 from seg_perception.errors import UsageError
-from seg_perception.pictures import (CameraView, GridGeometry, draw_costmap, draw_overlay, new_figure, save_figure,
-                                     stamp_text, write_costmap_png, write_overlay_png)
+from seg_perception.pictures import (CameraView, GridGeometry, draw_costmap, draw_overlay, draw_topdown_classes,
+                                     new_figure, save_figure, stamp_text, write_costmap_png, write_overlay_png)
 
 IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/camera_info", "/camera/semantic_gt"
-MASK_TOPIC, OVERLAY_TOPIC, COSTMAP_TOPIC = "/semantic_mask", "/semantic_mask/overlay", "/semantic_costmap"
+DEPTH_TOPIC, TOPDOWN_TOPIC = "/camera/depth/image_raw", "/camera/semantic_gt_topdown"
+MASK_TOPIC, OVERLAY_TOPIC = "/semantic_mask", "/semantic_mask/overlay"
 PACKAGE = "seg_perception"
 
 
@@ -57,6 +61,7 @@ class Received:
     costmap: np.ndarray | None = None  # int8 [rows=y, cols=x] cells, the latest fused costmap
     costmap_stamp: int = -1
     costmap_grid: GridGeometry | None = None
+    layers: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # every costmap layer, by stamp
 
 
 def fastdds_profile() -> Path | None:
@@ -82,6 +87,7 @@ def ros_environment() -> dict[str, str]:
 
 
 def write_drive(cfg: DemoConfig, bag: Path) -> Path:
+    from seg_perception.core.costmap import GridSpec
     from seg_perception.data.synthetic import Camera, render_drive
     from seg_perception.eval.bag_io import write_drive_bag
 
@@ -90,21 +96,27 @@ def write_drive(cfg: DemoConfig, bag: Path) -> Path:
     h, w = cfg.size
     rng = np.random.default_rng(cfg.seed)
     per_street = np.diff(np.linspace(0, cfg.frames, max(1, min(cfg.streets, cfg.frames)) + 1).round().astype(int))
-    frames = itertools.chain.from_iterable(render_drive(rng, int(n), h, w) for n in per_street)
+    grid = GridSpec()  # seg_node's default costmap grid: the true map is drawn on it
+    frames = itertools.chain.from_iterable(render_drive(rng, int(n), h, w, topdown=grid) for n in per_street)
     return write_drive_bag(bag, frames, image_topic=IMAGE_TOPIC, gt_topic=GT_TOPIC, camera_info_topic=INFO_TOPIC,
-                           camera_info=Camera.for_image(h, w).pinhole(), rate_hz=cfg.rate)
+                           camera_info=Camera.for_image(h, w).pinhole(), rate_hz=cfg.rate, depth_topic=DEPTH_TOPIC,
+                           topdown_topic=TOPDOWN_TOPIC, topdown_grid=grid)
 
 
-def node_command(cfg: DemoConfig, trace_file: Path) -> list[str]:
+def node_parameters(cfg: DemoConfig, trace_file: Path) -> dict:
     from seg_perception.data.synthetic import CAMERA_HEIGHT_M, HOOD_FRACTION
     # camera_info: the image topic's sibling, INFO_TOPIC
     params = {"backend": "onnxruntime", "input_qos": "reliable", "input_topic": IMAGE_TOPIC,
               "camera_height": CAMERA_HEIGHT_M, "camera_pitch": 0.0, "costmap_ignore_bottom": HOOD_FRACTION[1],
-              "trace_file": str(trace_file)}
+              "depth_topic": DEPTH_TOPIC, "trace_file": str(trace_file)}
     if cfg.model:
         params["model"] = cfg.model
     if cfg.threads:
         params["threads"] = cfg.threads
+    return params
+
+
+def node_command(params: dict) -> list[str]:
     args = [sys.executable, "-m", "seg_perception.ros.node", "--ros-args"]
     for key, value in params.items():
         args += ["-p", f"{key}:={value}"]
@@ -119,11 +131,13 @@ def _image_array(msg, channels: int) -> np.ndarray:
 class Collector:
     """An rclpy node subscribed to seg_node's outputs, storing copies keyed by header stamp."""
 
-    def __init__(self, keep_overlays: bool = True) -> None:
+    def __init__(self, layers: tuple[str, ...], keep_overlays: bool = True) -> None:
         from nav_msgs.msg import OccupancyGrid
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
+
+        from seg_perception.ros.node import layer_topic
 
         self.received = Received()
         self.node = Node("seg_demo")
@@ -131,7 +145,9 @@ class Collector:
         self.mask_sub = self.node.create_subscription(Image, MASK_TOPIC, self._on_mask, qos)
         if keep_overlays:
             self.node.create_subscription(Image, OVERLAY_TOPIC, self._on_overlay, qos)
-        self.node.create_subscription(OccupancyGrid, COSTMAP_TOPIC, self._on_costmap, qos)
+        for name in layers:
+            self.node.create_subscription(OccupancyGrid, "/" + layer_topic(name),
+                                          lambda msg, name=name: self._on_layer(name, msg), qos)
 
     @staticmethod
     def _stamp(msg) -> int:
@@ -143,11 +159,16 @@ class Collector:
     def _on_overlay(self, msg) -> None:
         self.received.overlays[self._stamp(msg)] = _image_array(msg, 3).copy()
 
-    def _on_costmap(self, msg) -> None:
-        self.received.costmap = np.frombuffer(msg.data, np.int8).reshape(msg.info.height, msg.info.width).copy()
-        self.received.costmap_grid = GridGeometry(msg.info.resolution, msg.info.origin.position.x,
-                                                  msg.info.origin.position.y)
-        self.received.costmap_stamp = self._stamp(msg)
+    def _on_layer(self, name: str, msg) -> None:
+        from seg_perception.core.costmap import FUSED
+
+        cells = np.frombuffer(msg.data, np.int8).reshape(msg.info.height, msg.info.width).copy()
+        self.received.layers.setdefault(self._stamp(msg), {})[name] = cells
+        if name == FUSED:
+            self.received.costmap = cells
+            self.received.costmap_grid = GridGeometry(msg.info.resolution, msg.info.origin.position.x,
+                                                      msg.info.origin.position.y)
+            self.received.costmap_stamp = self._stamp(msg)
 
     def node_ready(self) -> bool:
         return self.mask_sub.get_publisher_count() > 0
@@ -197,6 +218,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from seg_perception.data.synthetic import Camera
     from seg_perception.backends.onnxruntime_backend import read_model_info
     from seg_perception.core.trace_export import format_table
+    from seg_perception.eval.bag_eval import node_projector
     from seg_perception.eval.bag_io import BagReader, mono8_array, stamp_ns
     from seg_perception.eval.metrics import EvalStats, accumulate
     from seg_perception.eval.report import build_report, model_identity, write_report
@@ -211,11 +233,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     info = read_model_info(model)
     trace_file = out / "trace.json"
     trace_file.unlink(missing_ok=True)
+    params = node_parameters(cfg, trace_file)
+    projector, fused_lut = node_projector(params, info.class_names)  # the node's, for the flat-ground scores
 
     rclpy.init()
-    collector = Collector(keep_overlays=cfg.overlays > 0)
+    collector = Collector(projector.layers, keep_overlays=cfg.overlays > 0)
     node_log = open(out / "seg_node.log", "w")
-    node = subprocess.Popen(node_command(cfg, trace_file), env=env, stdout=node_log, stderr=subprocess.STDOUT)
+    node = subprocess.Popen(node_command(params), env=env, stdout=node_log, stderr=subprocess.STDOUT)
     replay = None
     try:
         deadline = time.monotonic() + cfg.startup_timeout
@@ -229,7 +253,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         print(f"[demo] seg_node is up ({info.name} {info.input_size[0]}x{info.input_size[1]}, ONNX Runtime); "
               f"replaying", flush=True)
         replay = subprocess.Popen([sys.executable, "-m", "seg_perception.cli", "replay", str(bag),
-                                   "--topics", IMAGE_TOPIC, INFO_TOPIC, "--wait-subscribers", "30"],
+                                   "--topics", IMAGE_TOPIC, INFO_TOPIC, DEPTH_TOPIC, "--wait-subscribers", "30"],
                                   env=env, stdout=open(out / "replay.log", "w"), stderr=subprocess.STDOUT)
         while replay.poll() is None:
             rclpy.spin_once(collector.node, timeout_sec=0.05)
@@ -265,25 +289,77 @@ def run_demo(cfg: DemoConfig) -> dict:
     if stats.num_images == 0:
         raise RuntimeError(f"no masks came back from seg_node; see {out / 'seg_node.log'}")
 
+    costmap_iou, compared = score_costmaps(received, bag, projector, fused_lut, info.class_names)
+
     durations = durations_from_chrome_trace(trace_file) if trace_file.is_file() else np.empty((0, len(STAGES) + 1))
     source = {"bag": str(bag), "frames": cfg.frames, "masks_received": len(received.masks),
               "camera": list(cfg.size), "rate_hz": cfg.rate}
     report, scored = build_report(stats, durations, source, model_identity(model, info),
-                                  extra={"demo": asdict(cfg), "seg_node_exit": node_rc,
+                                  extra={"demo": asdict(cfg), "seg_node_exit": node_rc, "costmap_iou": costmap_iou,
                                          "wall_s": time.perf_counter() - t_start})
     reports = [path.name for path in write_report(report, scored, out / "report.json")]
-    pictures = _write_pictures(received, out, cfg.overlays, info,
-                               CameraView.from_intrinsics(Camera.for_image(*cfg.size).focal, cfg.size[1]))
+    camera = CameraView.from_intrinsics(Camera.for_image(*cfg.size).focal, cfg.size[1])
+    pictures = _write_pictures(received, out, cfg.overlays, info, camera)
+    if compared is not None:
+        pictures.append(write_costmap_comparison(out / "costmap_compare.png", *compared, projector.grid, camera,
+                                                 info).name)
 
     print(f"\nmIoU {100 * scored.miou:.2f} % over {stats.num_images} of {cfg.frames} frames "
           f"(through seg_node, model {info.name} {info.input_size[0]}x{info.input_size[1]})")
     for name, iou in scored.per_class_iou.items():
         print(f"  {name:<14}{'n/a' if iou is None else f'{100 * iou:6.2f}'}")
+    modes = [m for m in costmap_iou if m != "frames"]
+    print(f"\ncostmap IoU (%) over {costmap_iou['frames'].get('depth', 0)} frames, the camera's view of the "
+          f"true top-down map\n  {'layer':<12}" + "".join(f"{m:>13}" for m in modes))
+    for key in dict.fromkeys(k for m in modes for k in costmap_iou[m]):
+        cells = ("n/a" if costmap_iou[m].get(key) is None else f"{100 * costmap_iou[m][key]:.2f}" for m in modes)
+        print(f"  {key:<12}" + "".join(f"{c:>13}" for c in cells))
     if report["latency_ms"]:
         print("\n" + format_table(stage_summaries(report["latency_ms"]), title="seg_node stage latency"))
     written = reports + (["trace.json"] if trace_file.is_file() else []) + pictures
     print(f"\n[demo] outputs in {out}: {', '.join(written)} ({time.perf_counter() - t_start:.0f} s)")
     return report
+
+
+def score_costmaps(received: Received, bag: Path, projector, fused_lut: np.ndarray, class_names):
+    """Costmap IoU against the bag's true top-down maps: the node's depth-built layers as received, and flat-ground
+    layers from the received masks through the same projector. Returns (CostmapIoU.report(), the last scored
+    frame's (truth, flat fused layer, depth fused layer), or None)."""
+    from seg_perception.core.costmap import FUSED
+    from seg_perception.eval.bag_io import BagReader, grid_array, stamp_ns
+    from seg_perception.eval.costmap_metrics import CostmapIoU, resample_truth, visible_cells
+
+    iou, last, visible = CostmapIoU(tuple(class_names), fused_lut), None, None
+    with BagReader(bag) as reader:
+        info = reader.first(INFO_TOPIC)
+        k, k_hw = np.asarray(info.k).reshape(3, 3), (int(info.height), int(info.width))
+        projector.set_intrinsics(k, k_hw)
+        for _, _, msg in reader.messages([TOPDOWN_TOPIC]):
+            ns = stamp_ns(msg.header)
+            mask, depth_layers = received.masks.get(ns), received.layers.get(ns, {})
+            if mask is None or set(depth_layers) != set(projector.layers):
+                continue
+            truth = resample_truth(grid_array(msg), msg.info.resolution, msg.info.origin.position.x,
+                                   msg.info.origin.position.y, projector.grid)
+            if visible is None:
+                visible = visible_cells(projector.grid, projector.pose, k, k_hw, mask.shape)
+            flat = projector.project(mask, mask.shape)
+            iou.add("flat_ground", flat, truth, visible)
+            iou.add("depth", depth_layers, truth, visible)
+            last = (truth, flat[FUSED].copy(), depth_layers[FUSED])
+    return iou.report(), last
+
+
+def write_costmap_comparison(path: Path, truth: np.ndarray, flat: np.ndarray, depth: np.ndarray, grid, camera,
+                             info) -> Path:
+    """The true top-down map beside the flat-ground and the depth-built fused costmap of one frame, from above."""
+    geometry = GridGeometry(grid.resolution, grid.origin_x, grid.origin_y)
+    fig, (left, middle, right) = new_figure(3, f"costmaps against the true top-down map, model {info.name}: "
+                                               f"flat ground smears obstacles along their rays, depth does not")
+    draw_topdown_classes(left, truth, geometry, info.class_names, info.palette, camera, "true top-down map")
+    draw_costmap(middle, flat, geometry, camera, "flat-ground costmap (from the mask)")
+    draw_costmap(right, depth, geometry, camera, "depth costmap (seg_node)")
+    return save_figure(fig, path)
 
 
 def _write_pictures(received: Received, out: Path, n_overlays: int, info, camera: CameraView) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_perception.labels import IGNORE_ID
+from seg_perception.labels import IGNORE_ID, palette_lut
 
 # Costmap colours (RGB): free green, lethal red, costs in between blend the two; unknown grey.
 FREE_RGB, LETHAL_RGB, UNKNOWN_RGB = (30, 230, 40), (250, 30, 40), (128, 128, 128)
@@ -86,14 +86,37 @@ def draw_costmap(ax, cells: np.ndarray, grid: GridGeometry, camera: CameraView |
                  title: str = "") -> None:
     """A [rows = y, cols = x] grid from above: forward (x) up, left (y) to the left, metre axes, the camera and
     its field of view, and a legend of free / cost / lethal / unknown."""
-    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    rows, cols = cells.shape
+    handles = [Patch(color=np.asarray(FREE_RGB) / 255, label="free (0)"),
+               Patch(color=np.asarray(costmap_rgb(np.array([50], np.int8))[0]) / 255, label="cost (1-99)"),
+               Patch(color=np.asarray(LETHAL_RGB) / 255, label="lethal (100)"),
+               Patch(color=np.asarray(UNKNOWN_RGB) / 255, label="unknown (-1)")]
+    _draw_grid(ax, costmap_rgb(cells), grid, camera, title, handles)
+
+
+def draw_topdown_classes(ax, train_ids: np.ndarray, grid: GridGeometry, class_names, palette,
+                         camera: CameraView | None = None, title: str = "") -> None:
+    """A [rows = y, cols = x] grid of class ids from above (a true top-down map), as draw_costmap lays grids out,
+    with a legend of the classes present; IGNORE_ID (nothing known) grey."""
+    from matplotlib.patches import Patch
+
+    lut = palette_lut(palette, ignore_color=UNKNOWN_RGB)
+    counts = np.bincount(train_ids.ravel(), minlength=256)[: len(class_names)]
+    handles = [Patch(color=np.asarray(palette[k]) / 255.0, label=f"{k} {class_names[k]}")
+               for k in np.argsort(-counts) if counts[k] > 0]
+    handles.append(Patch(color=np.asarray(UNKNOWN_RGB) / 255, label="nothing known"))
+    _draw_grid(ax, lut[train_ids], grid, camera, title, handles)
+
+
+def _draw_grid(ax, rgb: np.ndarray, grid: GridGeometry, camera: CameraView | None, title: str, handles: list) -> None:
+    from matplotlib.lines import Line2D
+
+    rows, cols = rgb.shape[:2]
     x0, x1 = grid.origin_x, grid.origin_x + cols * grid.resolution
     y0, y1 = grid.origin_y, grid.origin_y + rows * grid.resolution
     # imshow rows = x from the bottom, cols = y; +y is drawn to the left by inverting the horizontal axis
-    ax.imshow(costmap_rgb(cells).transpose(1, 0, 2), origin="lower", extent=(y0, y1, x0, x1), interpolation="nearest")
+    ax.imshow(rgb.transpose(1, 0, 2), origin="lower", extent=(y0, y1, x0, x1), interpolation="nearest")
     ax.set_xlim(y1, y0)
     ax.set_ylim(x0, x1)
     ax.set_xlabel("y, left (m)")
@@ -101,10 +124,6 @@ def draw_costmap(ax, cells: np.ndarray, grid: GridGeometry, camera: CameraView |
     ax.set_aspect("equal")
     if title:
         ax.set_title(title, fontsize=9)
-    handles = [Patch(color=np.asarray(FREE_RGB) / 255, label="free (0)"),
-               Patch(color=np.asarray(costmap_rgb(np.array([50], np.int8))[0]) / 255, label="cost (1-99)"),
-               Patch(color=np.asarray(LETHAL_RGB) / 255, label="lethal (100)"),
-               Patch(color=np.asarray(UNKNOWN_RGB) / 255, label="unknown (-1)")]
     if camera is not None:
         reach = 2.0 * max(x1 - x0, y1 - y0)  # clipped by the axes limits
         if camera.hfov > 0:

@@ -8,7 +8,9 @@ import pytest
 
 from deploy_graphs import contract_onnx
 from seg_perception.backends import BackendError, open_backend
-from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend, read_model_info
+from seg_perception.backends.onnxruntime_backend import (
+    GPU_PROVIDERS, OnnxRuntimeBackend, choose_providers, read_model_info,
+)
 
 
 def test_matches_a_plain_session_on_a_real_model(tiny_onnx):
@@ -74,9 +76,28 @@ def test_bad_files_are_named(tmp_path):
 
 
 def test_missing_gpu_provider_is_an_error_not_a_silent_cpu_run(tmp_path):
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this onnxruntime has CUDA")
-    with pytest.raises(BackendError, match="lacks.*CUDAExecutionProvider"):
-        OnnxRuntimeBackend(str(contract_onnx(tmp_path / "m.onnx")), device="cuda")
-    with pytest.raises(ValueError, match="device must be one of"):
-        OnnxRuntimeBackend(str(contract_onnx(tmp_path / "m.onnx")), device="gpu")
+    if set(GPU_PROVIDERS) & set(ort.get_available_providers()):
+        pytest.skip("this onnxruntime has a GPU provider")
+    model = str(contract_onnx(tmp_path / "m.onnx"))
+    with pytest.raises(BackendError, match="device 'cuda:1' requested but ONNX Runtime .* no CUDA or TensorRT"):
+        OnnxRuntimeBackend(model, device="cuda:1")
+    with pytest.raises(BackendError, match=r"lacks \['CUDAExecutionProvider'\]"):
+        OnnxRuntimeBackend(model, providers="cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        OnnxRuntimeBackend(model, device="gpu")
+    with pytest.raises(ValueError, match=r"unknown ONNX Runtime provider\(s\) \['gpu'\]"):
+        OnnxRuntimeBackend(model, providers="gpu,cpu")
+    # auto: no GPU provider here, so the CPU, and the backend says so
+    assert OnnxRuntimeBackend(model).describe() == "onnxruntime ['CPUExecutionProvider']"
+
+
+def test_providers_follow_the_device_and_the_preference_order():
+    every = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    cuda_only = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", available=every) == every
+    assert choose_providers("cuda:1", available=cuda_only) == cuda_only
+    assert choose_providers("auto", available=["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert choose_providers("cpu", available=every) == ["CPUExecutionProvider"]
+    assert choose_providers("auto", "cpu, cuda", available=every) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("cpu", ["TensorrtExecutionProvider"], available=every) == \
+        ["TensorrtExecutionProvider", "CPUExecutionProvider"]

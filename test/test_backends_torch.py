@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 from seg_perception.backends import BackendError, open_backend  # noqa: E402
 from seg_perception.backends.torch_backend import TorchBackend, parse_spec  # noqa: E402
+from seg_perception.deploy.export import model_info_for  # noqa: E402
 from seg_perception.models.registry import build_model  # noqa: E402
 
 SIZE = (64, 128)
@@ -44,24 +48,70 @@ def test_checkpoint_weights_are_used(tmp_path):
 def test_errors_are_clear():
     with pytest.raises(BackendError, match="unknown model 'nope'"):
         TorchBackend.from_zoo("nope")
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        TorchBackend.from_zoo("metaseg-t", fp16=True, input_size=SIZE)
     backend = TorchBackend.from_zoo("metaseg-t", input_size=SIZE)
     with pytest.raises(ValueError, match="dtype must be uint8"):
         backend.infer(np.zeros((*SIZE, 3), np.float32))
-    if not torch.cuda.is_available():
-        with pytest.raises(BackendError, match="no CUDA device"):
-            TorchBackend.from_zoo("metaseg-t", device="cuda", input_size=SIZE)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    (dict(precision="fp16"), ValueError, "precision fp16 needs a CUDA device"),
+    (dict(cuda_graphs=True), ValueError, "cuda_graphs needs a CUDA device"),
+    (dict(precision="bf16"), ValueError, "precision must be one of fp32, fp16"),
+    (dict(device="gpu"), ValueError, "device must be auto, cpu, cuda or cuda:N"),
+    (dict(device="cpu:1"), ValueError, "device must be"),
+])
+def test_options_are_checked_before_the_model_is_built(options, error, match):
+    with pytest.raises(error, match=match) as exc:
+        TorchBackend.from_zoo("no-such-model", **options)  # the option fails first, not the name
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_where_there_is_none_is_a_one_line_error(device):
+    with pytest.raises(BackendError, match=f"device '{device}' requested but torch .* sees no CUDA device") as exc:
+        open_backend("metaseg-t", "torch", device=device, precision="fp16", cuda_graphs=True)
+    assert "\n" not in str(exc.value)
+    auto = open_backend("metaseg-t", "torch", device="auto", input_size=SIZE)  # auto falls back to the CPU
+    assert auto.device.type == "cpu" and auto.describe() == "torch cpu fp32"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        open_backend("metaseg-t", "torch", device="auto", precision="fp16")
+
+
+def test_channels_last_and_read_only_frames_keep_the_answers():
+    torch.manual_seed(1)
+    model = build_model("metaseg-t").eval()
+    info = model_info_for("metaseg-t", SIZE, with_logits=True)
+    image = np.random.default_rng(2).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    frozen = np.frombuffer(image.tobytes(), np.uint8).reshape(image.shape)  # as a ROS message's bytes arrive
+    plain = TorchBackend(copy.deepcopy(model), info, channels_last=False)
+    want = plain.infer(image, want_logits=True)
+    nhwc = TorchBackend(model, info, channels_last=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns about tensors over read-only numpy memory
+        got = nhwc.infer(frozen, want_logits=True)
+
+    def nhwc_weights(backend):
+        return all(p.is_contiguous(memory_format=torch.channels_last) for p in backend.module.parameters()
+                   if p.dim() == 4)
+
+    assert nhwc_weights(nhwc) and not nhwc_weights(plain)
+    np.testing.assert_allclose(got.logits, want.logits, rtol=1e-4, atol=1e-4)
+    assert (got.labels == want.labels).mean() >= 0.999
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_fp16_agrees_with_cpu_fp32():
+def test_cuda_fp16_and_graphs_agree_with_cpu_fp32():
     torch.manual_seed(0)
     model = build_model("metaseg-t").eval()
-    from seg_perception.deploy.export import model_info_for
     info = model_info_for("metaseg-t", SIZE, with_logits=True)
     image = np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
-    cpu = TorchBackend(model, info).infer(image).labels.copy()
-    gpu = TorchBackend(model, info, device="cuda", fp16=True)
-    out = gpu.infer(image)
-    assert (out.labels == cpu).mean() > 0.99 and gpu.device_time_ms() > 0
+    cpu = TorchBackend(copy.deepcopy(model), info).infer(image).labels.copy()
+    eager = TorchBackend(copy.deepcopy(model), info, device="cuda", precision="fp16")
+    first = eager.infer(image).labels.copy()
+    assert (first == cpu).mean() > 0.99 and eager.device_time_ms() > 0
+    graph = TorchBackend(model, info, device="cuda", precision="fp16", cuda_graphs=True)
+    out = graph.infer(image, want_logits=True)
+    assert graph.describe().endswith("CUDA graph") and out.logits.shape == (info.num_classes, *SIZE)
+    assert (out.labels == first).mean() > 0.999 and graph.device_time_ms() > 0
+    assert graph.infer(image).labels.ctypes.data == out.labels.ctypes.data  # pinned buffers, allocated once

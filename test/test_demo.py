@@ -59,6 +59,11 @@ def test_short_demo_runs_seg_node_and_reports(tmp_path, ros_env):
     assert report["model"]["name"] and report["model"]["sha256"]
     assert len(list(out.glob("overlay_*.png"))) >= 2 and (out / "costmap.png").is_file()
     assert (out / "overview.png").is_file()
+    # seg_node's depth costmaps against flat ground, both scored against the drive's true top-down map
+    costmap = report["costmap_iou"]
+    assert costmap["frames"]["depth"] == costmap["frames"]["flat_ground"] >= 1 and "costmap IoU" in proc.stdout
+    assert costmap["depth"]["lethal"] > 0.5 > 0.1 > costmap["flat_ground"]["lethal"], costmap
+    assert (out / "costmap_compare.png").is_file()
     # the closing line names exactly the files the demo wrote
     listed = proc.stdout.rsplit("outputs in", 1)[1].split(": ", 1)[1].rsplit(" (", 1)[0].split(", ")
     assert {p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(".log")} == set(listed)

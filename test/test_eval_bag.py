@@ -161,3 +161,25 @@ def test_write_drive_bag_round_trip(tmp_path):
     assert info.width == W and info.k[0] == pytest.approx(0.5 * W / np.tan(np.radians(30)))
     with pytest.raises(Exception, match="already exists"):
         write_drive_bag(bag, frames)
+
+
+def test_costmaps_scored_against_the_true_top_down_map_in_both_modes(tiny_onnx, tmp_path):
+    """A synthetic drive with depth and the true map: report.json and report.md carry flat-ground and depth
+    costmap IoU per published layer, over every frame."""
+    from seg_perception.core.costmap import GridSpec
+    from seg_perception.data.synthetic import CAMERA_HEIGHT_M, Camera, render_drive
+
+    grid = GridSpec()
+    frames = render_drive(np.random.default_rng(3), 3, H, W, topdown=grid)
+    bag = write_drive_bag(tmp_path / "b", frames, camera_info=Camera.for_image(H, W).pinhole(), topdown_grid=grid)
+    params = tmp_path / "seg.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    camera_height: {CAMERA_HEIGHT_M}\n")
+    out = tmp_path / "r.json"
+    assert _eval(bag, out, "--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_gt", "--model",
+                 str(tiny_onnx), "--params-file", str(params)) == 0
+    costmap = json.loads(out.read_text())["costmap_iou"]
+    assert costmap["frames"] == {"flat_ground": 3, "depth": 3}
+    for mode in ("flat_ground", "depth"):
+        assert set(costmap[mode]) == {"lethal", "road", "person", "car"}
+        assert all(v is None or 0.0 <= v <= 1.0 for v in costmap[mode].values())
+    assert "| costmap layer | flat_ground IoU (%) | depth IoU (%) |" in out.with_suffix(".md").read_text()

@@ -42,12 +42,14 @@ CAM_H, CAM_W = 96, 160
 
 
 # --- models --------------------------------------------------------------------------------------
-def half_road_onnx(path: Path, hw: tuple[int, int], slow_matmuls: int = 0) -> Path:
-    """labels: car above the centre line, road below; confidence: the red channel. `slow_matmuls` adds
-    512x512 matrix products that depend on the input, so ONNX Runtime cannot fold them away."""
+def half_road_onnx(path: Path, hw: tuple[int, int], slow_matmuls: int = 0, labels: np.ndarray | None = None) -> Path:
+    """labels: car above the centre line, road below (or `labels`, uint8 hw); confidence: the red channel.
+    `slow_matmuls` adds 512x512 matrix products that depend on the input, so ONNX Runtime cannot fold them away."""
     h, w = hw
     pattern = np.full((1, h, w), CAR, np.uint8)
     pattern[:, h // 2:] = ROAD
+    if labels is not None:
+        pattern[0] = labels
     inits = [numpy_helper.from_array(pattern, "pattern"), numpy_helper.from_array(np.array([0], np.int64), "ch0"),
              numpy_helper.from_array(np.array([3], np.int64), "ax3")]
     nodes = [helper.make_node("Gather", ["image", "ch0"], ["red"], axis=3),
@@ -453,3 +455,14 @@ def test_invalid_parameter_stops_start_up_naming_it(half_road, start_node, param
     rc = node.proc.wait(30)
     assert rc != 0
     assert f"parameter '{name}'" in node.output()
+
+
+def test_cuda_where_there_is_none_stops_start_up_in_one_line(start_node):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    node = start_node(dict(model="metaseg-t", backend="torch", device="cuda", precision="fp16"))
+    assert node.proc.wait(60) == 2
+    output = node.output()
+    lines = [line for line in output.splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and "device 'cuda' requested but torch" in lines[0] and "Traceback" not in output

@@ -89,6 +89,9 @@ def test_health_level_describes_the_current_window_not_history():
     assert health.level == DiagnosticStatus.OK
     health = window.report(10 * s, Counts(50, 48, rejected=1, failed=1), 6 * s, "")
     assert health.level == DiagnosticStatus.WARN and "no frame on /robot1/image_raw for 4.0 s" in health.message
+    health = window.report(11 * s, Counts(60, 58, rejected=1, failed=1, depth_dropped=2), 11 * s,
+                           "depth: depth encoding 'mono8' is not one of 16UC1, 32FC1")
+    assert health.level == DiagnosticStatus.WARN and "2 frames without usable depth" in health.message
 
 
 # --- camera pose from TF ---------------------------------------------------------------------------
@@ -183,7 +186,7 @@ def _output_topics() -> set[str]:
 
     images = {"semantic_mask", "semantic_mask/color", "semantic_mask/overlay"}
     layers = {layer_topic(name) for name in ["", *PARAMETERS["costmap_classes"].default]}
-    return images | {t + "/compressed" for t in images} | layers | {"semantic_mask/latency"}
+    return images | {t + "/compressed" for t in images} | layers | {"semantic_mask/latency", "semantic_points"}
 
 
 def test_rviz_config_shows_what_the_node_publishes_with_matching_qos():

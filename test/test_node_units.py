@@ -150,3 +150,39 @@ def test_declare_reads_overrides_and_rejects_bad_values(ros_env):
             declare(node(cost_table=["road"])).costs()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+@pytest.mark.parametrize("overrides, options", [
+    (dict(model="metaseg-t", device="cuda:1", precision="fp16", cuda_graphs=True),
+     dict(device="cuda:1", precision="fp16", cuda_graphs=True)),
+    (dict(providers="tensorrt,cuda", device="cuda"), dict(device="cuda", providers="tensorrt,cuda")),
+    (dict(model="m.engine", threads=2), dict(device=0, threads=2)),
+    (dict(model="m.onnx", backend="tensorrt", device="cuda:1"),
+     dict(device=1, precision="fp16", rebuild=True, cache_dir=None)),
+    (dict(device="gpu"), "device"),
+    (dict(precision="fp16"), "precision"),  # the default model runs on ONNX Runtime
+    (dict(precision="bf16", model="metaseg-t"), "precision"),
+    (dict(cuda_graphs=True, model="m.engine"), "cuda_graphs"),
+    (dict(providers="cuda", model="metaseg-t"), "providers"),
+    (dict(providers="gpu"), "providers"),
+    (dict(model="m.engine", device="cpu"), "device"),
+    (dict(model="m.onnx", backend="torch"), "backend"),
+])
+def test_backend_options_follow_the_backend_that_runs_the_model(ros_env, overrides, options):
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.parameter import Parameter
+
+    from seg_perception.ros.params import ParameterError, declare
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
+    try:
+        node = rclpy.create_node("seg_node", context=ctx, parameter_overrides=[
+            Parameter(k, value=v) for k, v in overrides.items()])
+        if isinstance(options, dict):
+            assert declare(node).backend_options() == options
+        else:
+            with pytest.raises(ParameterError, match=f"parameter '{options}'"):
+                declare(node)
+    finally:
+        rclpy.shutdown(context=ctx)

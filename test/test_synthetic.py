@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_perception.data.synthetic import (INSTANCE_LABELS, SyntheticFrame, render_drive, render_scene,
-                                           write_cityscapes)
+from seg_perception.core.costmap import GridSpec
+from seg_perception.core.depth_costmap import DepthDecoder
+from seg_perception.data.synthetic import (CAMERA_HEIGHT_M, INSTANCE_LABELS, Camera, SyntheticFrame, render_drive,
+                                           render_scene, render_street, staged_street, write_cityscapes)
 from seg_perception.eval.metrics import LABEL_TO_TRAIN
 from seg_perception.labels import CITYSCAPES_CLASSES, IGNORE_ID
 
@@ -105,7 +107,7 @@ def test_cityscapes_layout_is_what_cityscapesscripts_and_the_evaluator_read(tmp_
 
 
 def test_synth_cli_writes_a_drive_bag(tmp_path):
-    from seg_perception.eval.bag_io import CAMERA_INFO, IMAGE, BagReader, mono8_array
+    from seg_perception.eval.bag_io import CAMERA_INFO, IMAGE, BagReader, grid_array, mono8_array
     bag = tmp_path / "drive"
     subprocess.run([sys.executable, "-m", "seg_perception.cli", "synth", "--bag", str(bag), "--frames", "3",
                     "--size", "48x96", "--seed", "4"], check=True, timeout=120)
@@ -115,6 +117,32 @@ def test_synth_cli_writes_a_drive_bag(tmp_path):
         assert reader.count("/camera/image_raw") == reader.count("/camera/semantic_gt") == 3
         gt = mono8_array(reader.first("/camera/semantic_gt"))
         info = reader.first("/camera/camera_info")
-    expected = next(render_drive(np.random.default_rng(4), 3, 48, 96))
+        depth = reader.first("/camera/depth/image_raw")
+        topdown = grid_array(reader.first("/camera/semantic_gt_topdown"))
+        assert reader.count("/camera/depth/camera_info") == 3
+    expected = next(render_drive(np.random.default_rng(4), 3, 48, 96, topdown=GridSpec()))
     np.testing.assert_array_equal(gt, expected.train_ids)
     assert info.k[0] == pytest.approx(96.0) and info.height == 48
+    assert depth.encoding == "16UC1" and (depth.height, depth.width) == (48, 96)
+    mm = DepthDecoder().decode(depth.data, depth.encoding, depth.height, depth.width, depth.step)
+    np.testing.assert_allclose(mm / 1000, np.where(expected.depth > 65.535, 0, expected.depth), atol=5e-4)
+    np.testing.assert_array_equal(topdown, np.where(expected.topdown == IGNORE_ID, -1, expected.topdown.astype(int)))
+
+
+def test_depth_is_exact_and_the_top_down_map_holds_the_layout():
+    """Road depth where the ray through a pixel centre meets the ground; a billboard at its distance; the
+    top-down map has the road around the camera and the car's footprint one cell deep at its distance."""
+    grid = GridSpec(resolution=0.1, size_x=20.0, size_y=16.0, origin_x=0.0, origin_y=-8.0)
+    frame = render_street(staged_street([("car", 1.0, 9.05)], road_half_m=6.0), 120, 240, topdown=grid)
+    cam = Camera.for_image(120, 240)
+    road = frame.train_ids == CITYSCAPES_CLASSES.index("road")
+    rows = np.nonzero(road)[0]
+    np.testing.assert_allclose(frame.depth[road], CAMERA_HEIGHT_M * cam.focal / (rows - cam.cy), rtol=1e-5)
+    car = frame.train_ids == CITYSCAPES_CLASSES.index("car")
+    assert car.any() and np.allclose(frame.depth[car], 9.05)
+    assert (frame.depth[frame.train_ids == CITYSCAPES_CLASSES.index("sky")] == 0).all()  # no return
+    xs, ys = grid.cell_centres()
+    footprint = frame.topdown == CITYSCAPES_CLASSES.index("car")
+    assert np.allclose(xs[footprint], 9.05) and ys[footprint].min() < -0.5 and ys[footprint].max() > -1.5
+    assert (frame.topdown[(np.abs(ys) < 5.9) & ~footprint] == CITYSCAPES_CLASSES.index("road")).all()
+    assert (frame.topdown[np.abs(ys) > 6.1] == IGNORE_ID).all()  # beyond the road: nothing

@@ -90,6 +90,10 @@ class Backend(abc.ABC):
     def infer(self, image: np.ndarray, want_logits: bool = False) -> InferenceOutputs:
         """image: uint8 [H, W, 3] RGB, H x W == info.input_size, C-contiguous."""
 
+    def describe(self) -> str:
+        """The backend and where it runs, for logs and reports (e.g. "torch cuda:0 fp16, CUDA graph")."""
+        return self.name
+
     def device_time_ms(self) -> float | None:
         """Device-side time of the last `infer` (CUDA events), when the backend measures it."""
         return None

@@ -11,15 +11,56 @@ from pathlib import Path
 import numpy as np
 
 from seg_perception.backends.base import Backend, BackendError, InferenceOutputs, ModelInfo
+from seg_perception.backends.device import parse_device
+from seg_perception.errors import OptionError
 
-# Short names accepted for `device`, mapped to ORT provider lists in preference order.
-DEVICES = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
+# Short provider names users may type, and the GPU providers `device` auto/cuda picks, in preference order.
+PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "cpu": "CPUExecutionProvider"}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _NUMPY_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16,
                  "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+def provider_names(providers: str | list[str]) -> list[str]:
+    """'tensorrt, cuda' or a list of short or full names -> full ORT provider names; OptionError for others."""
+    names = [p.strip() for p in providers.split(",")] if isinstance(providers, str) else list(providers)
+    names = [PROVIDER_NAMES.get(n.lower(), n) for n in names if n]
+    unknown = [n for n in names if not n.endswith("ExecutionProvider")]
+    if unknown:
+        raise OptionError(f"unknown ONNX Runtime provider(s) {unknown}: use {', '.join(PROVIDER_NAMES)} or full "
+                         "names such as CUDAExecutionProvider")
+    return names
+
+
+def choose_providers(device: str = "auto", providers: str | list[str] = "",
+                     available: list[str] | None = None) -> list[str]:
+    """ONNX Runtime execution providers, in preference order, for `device` or an explicit `providers` list.
+
+    device auto: the GPU providers this onnxruntime has (TensorRT, then CUDA), then the CPU; cpu: the CPU only;
+    cuda[:N]: the GPU providers, an error when there are none. providers: 'tensorrt,cuda' or full names such
+    as 'CUDAExecutionProvider', each of which must be present; the CPU provider is always last, for the ops a
+    GPU provider does not take.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers() if available is None else available
+    dev = parse_device(device)
+    names = provider_names(providers)
+    if names:
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise BackendError(f"ONNX Runtime {ort.__version__} here lacks {missing} (available: {available}); "
+                               "install onnxruntime-gpu for CUDA/TensorRT, or leave providers empty")
+    elif dev.kind == "cpu":
+        names = []
+    else:
+        names = [p for p in GPU_PROVIDERS if p in available]
+        if dev.kind == "cuda" and not names:
+            raise BackendError(f"device '{device}' requested but ONNX Runtime {ort.__version__} here has no CUDA "
+                               f"or TensorRT execution provider (available: {available}); install "
+                               "onnxruntime-gpu, or use device cpu")
+    return [n for n in names if n != PROVIDER_NAMES["cpu"]] + [PROVIDER_NAMES["cpu"]]
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
@@ -42,23 +83,19 @@ def read_model_info(path: str | Path) -> ModelInfo:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: str, threads: int = 0, providers: list[str] | None = None,
-                 device: str = "cpu") -> None:
-        """threads: intra-op threads (0 = ORT's default, one per physical core); device: cpu | cuda | tensorrt,
-        or an explicit ORT `providers` list. An unavailable GPU provider is an error, not a silent CPU run."""
+    def __init__(self, path: str, threads: int = 0, providers: str | list[str] = "", device: str = "auto") -> None:
+        """threads: intra-op threads (0 = ORT's default, one per physical core); device and providers: see
+        `choose_providers` (cuda:N puts the GPU providers on GPU N). A GPU asked for and missing is an error, not
+        a silent CPU run; `providers` (and `describe()`) says which ones run."""
         import onnxruntime as ort
 
         self.path = str(path)
         if not Path(self.path).is_file():
             raise BackendError(f"ONNX file not found: {self.path}")
-        if providers is None:
-            if device not in DEVICES:
-                raise ValueError(f"device must be one of {sorted(DEVICES)}, got '{device}'")
-            providers = DEVICES[device]
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
-            raise BackendError(f"ONNX Runtime here lacks {missing} (available: {ort.get_available_providers()}); "
-                               "install onnxruntime-gpu for CUDA/TensorRT or use device 'cpu'")
+        chosen = choose_providers(device, providers)
+        dev = parse_device(device)
+        asked_for_gpu = dev.kind == "cuda" or bool(provider_names(providers))
+        gpu = {"device_id": dev.gpu_index}
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -66,7 +103,8 @@ class OnnxRuntimeBackend(Backend):
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=[
+                (p, gpu) if p in GPU_PROVIDERS else p for p in chosen])
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise BackendError(f"cannot load ONNX model {self.path}: {exc}") from exc
         try:
@@ -74,6 +112,10 @@ class OnnxRuntimeBackend(Backend):
         except ValueError as exc:
             raise BackendError(f"{self.path}: {exc}") from exc
         self.providers = self.session.get_providers()
+        failed = [p for p in chosen if p not in self.providers]
+        if failed and asked_for_gpu:  # ORT falls back to the CPU when a provider cannot start (no CUDA libraries)
+            raise BackendError(f"ONNX Runtime could not start {failed} for {self.path} (its log says why); running "
+                               f"on {self.providers} instead was not asked for")
         self._check_signature()
         h, w = self.info.input_size
         self._buffers = {o.name: np.empty(self._output_shape(o.name, o.shape, h, w), _NUMPY_DTYPES[o.type])
@@ -122,6 +164,9 @@ class OnnxRuntimeBackend(Backend):
         logits = self._buffers["logits"][0] if binding is self._bindings.get(True) else None
         return InferenceOutputs(labels=self._buffers["labels"][0], confidence=self._buffers["confidence"][0],
                                 logits=logits)
+
+    def describe(self) -> str:
+        return f"{self.name} {self.providers}"
 
     def close(self) -> None:
         self._bindings.clear()

@@ -59,35 +59,41 @@ def run(args: argparse.Namespace) -> int:
     cam_h, cam_w = args.input_size
     with backend:
         info = backend.info
-        projector = _projector(info.class_names, (cam_h, cam_w)) if args.costmaps else None
-        tracer = trace.Tracer(capacity=args.frames)
-        pipeline = SegPipeline(backend, args.output_resolution, projector, tracer)
-        request = OutputRequest(mask=True, confidence=True, color=True, costmaps=args.costmaps)
-        frames = camera_frames(cam_h, cam_w, args.encoding)
-        decode = frame_decoder(pipeline, args.encoding, cam_h, cam_w)
-
-        with progress_bar(args.warmup + args.frames, "frame") as bar:
-            for i in range(args.warmup):
-                pipeline.process(decode(frames[i % len(frames)], -1), request)
-                bar.update()
-            t0 = time.perf_counter()
-            for i in range(args.frames):
-                slot = tracer.begin()
-                pipeline.process(decode(frames[i % len(frames)], slot), request, slot)
-                tracer.commit(slot)
-                bar.update()
-            wall = time.perf_counter() - t0
-
-        providers = getattr(backend, "providers", None)  # ONNX Runtime's execution providers
-        print(f"model {info.name} ({info.input_size[0]}x{info.input_size[1]}) on {backend.name}"
-              f"{f' {providers}' if providers else ''}; camera {cam_h}x{cam_w} {args.encoding}, "
+        tracer, wall = measure(backend, (cam_h, cam_w), args.frames, args.warmup, args.encoding,
+                               args.output_resolution, args.costmaps)
+        print(f"model {info.name} ({info.input_size[0]}x{info.input_size[1]}) on {backend.describe()}; "
+              f"camera {cam_h}x{cam_w} {args.encoding}, "
               f"output at {args.output_resolution} resolution")
         print(format_table(tracer.summary(), title=f"{args.frames} frames after {args.warmup} warm-up"))
         print(f"throughput {args.frames / wall:.2f} frames/s (one frame at a time)")
         if args.trace:
-            title = f"seg-perception bench, model {info.name} on {backend.name}, camera {cam_h}x{cam_w}"
+            title = f"seg-perception bench, model {info.name} on {backend.describe()}, camera {cam_h}x{cam_w}"
             print(f"trace written to {write_trace(tracer, args.trace, title=title)}")
     return 0
+
+
+def measure(backend, cam_hw: tuple[int, int], frames: int, warmup: int, encoding: str = "rgb8",
+            output_resolution: str = "camera", costmaps: bool = False) -> tuple[trace.Tracer, float]:
+    """seg_node's pipeline on generated camera frames: decode, resize, infer, mask + confidence + colour (and a
+    fused costmap). Returns the tracer holding the `frames` timed frames and their wall time in seconds."""
+    projector = _projector(backend.info.class_names, cam_hw) if costmaps else None
+    tracer = trace.Tracer(capacity=frames)
+    pipeline = SegPipeline(backend, output_resolution, projector, tracer)
+    request = OutputRequest(mask=True, confidence=True, color=True, costmaps=costmaps)
+    data = camera_frames(*cam_hw, encoding)
+    decode = frame_decoder(pipeline, encoding, *cam_hw)
+    with progress_bar(warmup + frames, "frame") as bar:  # drawn only on a terminal
+        for i in range(warmup):
+            pipeline.process(decode(data[i % len(data)], -1), request)
+            bar.update()
+        t0 = time.perf_counter()
+        for i in range(frames):
+            slot = tracer.begin()
+            pipeline.process(decode(data[i % len(data)], slot), request, slot)
+            tracer.commit(slot)
+            bar.update()
+        wall = time.perf_counter() - t0
+    return tracer, wall
 
 
 def _fail(message: str) -> int:

@@ -179,13 +179,18 @@ class GroundProjector:
         self._table_key = key
 
 
+def scaled_intrinsics(k: np.ndarray, k_hw: tuple[int, int], hw: tuple[int, int]) -> tuple[float, ...]:
+    """(fx, fy, cx, cy) of K, given for an image of size k_hw, for the same view at size hw (pixel centres at
+    integer coordinates)."""
+    sx, sy = hw[1] / k_hw[1], hw[0] / k_hw[0]
+    return k[0, 0] * sx, k[1, 1] * sy, (k[0, 2] + 0.5) * sx - 0.5, (k[1, 2] + 0.5) * sy - 0.5
+
+
 def ground_remap_table(grid: GridSpec, pose: CameraPose, k: np.ndarray, k_hw: tuple[int, int],
                        camera_hw: tuple[int, int], labels_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(visible cell indices into the flattened grid, flat label-pixel index for each of them)."""
     # Intrinsics may describe another image size than the stream (binning, resized camera_info).
-    sx, sy = camera_hw[1] / k_hw[1], camera_hw[0] / k_hw[0]
-    fx, fy = k[0, 0] * sx, k[1, 1] * sy
-    cx, cy = (k[0, 2] + 0.5) * sx - 0.5, (k[1, 2] + 0.5) * sy - 0.5
+    fx, fy, cx, cy = scaled_intrinsics(k, k_hw, camera_hw)
     xs, ys = grid.cell_centres()
     rel = np.stack([xs.ravel() - pose.x, ys.ravel() - pose.y, np.full(xs.size, -pose.height)], axis=1)
     opt = rel @ rotation_grid_from_optical(pose)  # row-vector form of R^T (P - t)

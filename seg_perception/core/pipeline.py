@@ -6,7 +6,8 @@ what is deployed. Output arrays are views into buffers the pipeline reuses: vali
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -28,6 +29,7 @@ class OutputRequest:
     color: bool = False
     overlay: bool = False
     costmaps: bool = False
+    points: bool = False  # the labelled point cloud (needs a depth image)
     logits: bool = False
 
 
@@ -39,6 +41,8 @@ class FrameResult:
     color: np.ndarray | None = None  # rgb8
     overlay: np.ndarray | None = None  # rgb8
     costmaps: dict[str, np.ndarray] = field(default_factory=dict)  # '' = fused, else class name -> int8 grid
+    points: np.ndarray | None = None  # depth_costmap.POINT_DTYPE, in the camera's optical frame
+    points_hw: tuple[int, int] = (0, 0)  # the cloud's height x width (1 x n when not organised)
     logits: np.ndarray | None = None  # float32 [K, h, w] at model resolution
     inference_ms: float = 0.0
 
@@ -61,13 +65,15 @@ class _Buffers:
 
 class SegPipeline:
     def __init__(self, backend: Backend, output_resolution: str = "camera", projector=None,
-                 tracer: trace.Tracer | None = None, overlay_alpha: float = 0.5) -> None:
+                 tracer: trace.Tracer | None = None, overlay_alpha: float = 0.5, points_stride: int = 1,
+                 points_organized: bool = True) -> None:
         if output_resolution not in ("camera", "model"):
             raise ValueError(f"output_resolution must be 'camera' or 'model', got '{output_resolution}'")
         self.backend = backend
         self.info = backend.info
         self.output_resolution = output_resolution
-        self.projector = projector  # seg_perception.core.costmap.GroundProjector or None
+        self.projector = projector  # costmap.GroundProjector, depth_costmap.DepthProjector (depth input) or None
+        self.points_stride, self.points_organized = int(points_stride), bool(points_organized)
         self.tracer = tracer or trace.Tracer(enabled=False)
         self.overlay_alpha = float(overlay_alpha)
         self.decoder = ImageDecoder()
@@ -91,8 +97,15 @@ class SegPipeline:
         return rgb
 
     # --- one frame -------------------------------------------------------------------------
-    def process(self, rgb: np.ndarray, request: OutputRequest | None = None, slot: int = -1) -> FrameResult:
+    def process(self, rgb: np.ndarray, request: OutputRequest | None = None, slot: int = -1,
+                depth_source: Callable[[], np.ndarray | None] | None = None) -> FrameResult:
+        """depth_source: None for flat-ground costmaps; else called once the labels exist (a depth image sent
+        beside the colour frame has had the inference time to arrive) for the depth registered to `rgb`
+        (depth_costmap.DepthDecoder's output), or None: then the depth-built layers are unknown for this frame
+        and there are no points."""
         request = request or OutputRequest()
+        if request.points:  # the cloud carries the published mask and confidence
+            request = replace(request, mask=True, confidence=True)
         tracer = self.tracer
         cam_hw = rgb.shape[:2]
         h, w = self.info.input_size
@@ -120,8 +133,16 @@ class SegPipeline:
         t3 = _NOW()
         tracer.span(slot, trace.POSTPROCESS, t2, t3)
 
-        if request.costmaps and self.projector is not None:
-            result.costmaps = self.projector.project(out.labels, cam_hw)
+        if (request.costmaps or request.points) and self.projector is not None:
+            if depth_source is None:
+                result.costmaps = self.projector.project(out.labels, cam_hw) if request.costmaps else {}
+            else:
+                depth = depth_source()
+                if request.costmaps:
+                    result.costmaps = self.projector.project_depth(out.labels, cam_hw, depth)
+                if request.points and depth is not None and self.projector.ready:
+                    result.points, result.points_hw = self.projector.points(
+                        result.mask, result.confidence, cam_hw, depth, self.points_stride, self.points_organized)
             tracer.span(slot, trace.COSTMAP, t3)
         return result
 

@@ -5,6 +5,11 @@ forward pinhole camera 1.5 m above the road. Every shape is drawn once, into a m
 each segment carries (Cityscapes label id, material, instance id), so the picture and the three label
 images come from the same pixels and the ground truth is exact. A material is a colour plus a texture,
 different for every class, so that a small model can learn them.
+
+Every shape is a plane (the ground, a facade, an upright billboard), drawn into a map of plane ids as well,
+so each pixel's depth is exact: the distance along the optical axis at which its ray meets its plane. The true
+top-down map rasterises the same layout onto a costmap grid around the camera: the ground's classes, and the
+footprint of whatever stands on them below TOPDOWN_MAX_HEIGHT_M.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ import functools
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
 
+from seg_perception.core.costmap import GridSpec
 from seg_perception.errors import UsageError
 from seg_perception.eval.metrics import LABEL_TO_TRAIN
+from seg_perception.labels import IGNORE_ID
 from seg_perception.progress import progress_bar
 
 # Cityscapes label ids (cityscapesscripts.helpers.labels)
@@ -32,6 +39,7 @@ PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = 24, 25, 26, 27, 28,
 INSTANCE_LABELS = frozenset({PERSON, RIDER, CAR, TRUCK, BUS, 29, 30, TRAIN, MOTORCYCLE, BICYCLE})
 
 CAMERA_HEIGHT_M = 1.5
+TOPDOWN_MAX_HEIGHT_M = 2.0  # parts reaching below this height stand in the top-down map (seg_node's default band)
 HOOD_FRACTION = (0.05, 0.1)  # of the image height, drawn per scene or drive
 NEAR_M, FAR_M = 2.0, 160.0
 
@@ -42,6 +50,8 @@ class SyntheticFrame:
     label_ids: np.ndarray     # uint8 HxW, Cityscapes label ids (ignored ids included)
     train_ids: np.ndarray     # uint8 HxW, 0..18 or 255
     instance_ids: np.ndarray  # int32 HxW, label_id*1000+k for instance classes, label_id otherwise
+    depth: np.ndarray         # float32 HxW, metres along the optical axis; 0 = no return (sky, ego hood)
+    topdown: np.ndarray | None = None  # uint8 train ids on the GridSpec asked for (x forward, y left), 255 unknown
 
 
 @dataclass(frozen=True)
@@ -426,6 +436,8 @@ class _SegmentMap:
 
     def __init__(self, height: int, width: int) -> None:
         self.ids = np.zeros((height, width), np.uint16)
+        self.plane_ids = np.zeros((height, width), np.uint16)  # 0: no surface (no depth return)
+        self.planes: list[tuple[float, float, float, float]] = [(0.0, 0.0, 1.0, 0.0)]  # n . P = c, camera-relative
         self.label: list[int] = [SKY]
         self.material: list[int] = [MATERIAL_INDEX["sky"]]
         self.instance: list[int] = [SKY]
@@ -445,14 +457,35 @@ class _SegmentMap:
             self.instance.append(key[2])
         return self._index[key]
 
-    def fill(self, pixels: np.ndarray, seg: int, thickness_px: int = 0) -> None:
+    def plane(self, normal, c: float) -> int:
+        """A new plane id for points P (lateral, height, depth) with normal . P = c."""
+        self.planes.append((float(normal[0]), float(normal[1]), float(normal[2]), float(c)))
+        return len(self.planes) - 1
+
+    def fill(self, pixels: np.ndarray, seg: int, thickness_px: int = 0, plane: int = 0) -> None:
         """Fill one polygon (N, 2) or a batch (K, N, 2); or stroke a polyline `thickness_px` wide."""
         pts = np.round(np.clip(pixels, -1e6, 1e6)).astype(np.int32)
         polys = list(pts) if pts.ndim == 3 else [pts]
-        if thickness_px > 0:
-            cv2.polylines(self.ids, polys, False, seg, thickness_px)
-        else:
-            cv2.fillPoly(self.ids, polys, seg)
+        for image, value in ((self.ids, seg), (self.plane_ids, plane)):
+            if thickness_px > 0:
+                cv2.polylines(image, polys, False, value, thickness_px)
+            else:
+                cv2.fillPoly(image, polys, value)
+
+    def depth(self, cam: "Camera") -> np.ndarray:
+        """Depth along the optical axis where each pixel's ray meets its plane; 0 where there is none."""
+        nx, ny, nz, c = np.asarray(self.planes, np.float32).T
+        ids = self.plane_ids
+        h, w = ids.shape
+        a = (np.arange(w, dtype=np.float32) - cam.cx) / cam.focal  # lateral per metre of depth
+        b = (np.arange(h, dtype=np.float32)[:, None] - cam.cy) / cam.focal  # drop per metre of depth
+        den = nx[ids] * a
+        den -= ny[ids] * b
+        den += nz[ids]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.divide((c - CAMERA_HEIGHT_M * ny)[ids], den, out=den)
+        z[(ids == 0) | ~(z > 0) | (z == np.inf)] = 0
+        return z
 
 
 def _clip_quad_to_depth(corners: np.ndarray, near: float, far: float) -> np.ndarray | None:
@@ -492,7 +525,11 @@ def _draw_street(seg: _SegmentMap, cam: Camera, street: Street, camera_z: float,
             poly = _clip_quad_to_depth(corners, NEAR_M, FAR_M)
             if poly is None:
                 continue
-        seg.fill(cam.project(poly[..., 0], poly[..., 1], poly[..., 2]), seg.segment(quad.label, quad.material))
+        first = corners.reshape(-1, 3)[:3]  # a batch of quads shares one plane (windows on a facade)
+        normal = np.cross(first[1] - first[0], first[2] - first[0])
+        plane = seg.plane(normal, float(normal @ first[0]))
+        seg.fill(cam.project(poly[..., 0], poly[..., 1], poly[..., 2]), seg.segment(quad.label, quad.material),
+                 plane=plane)
     depth = np.array([o.z + o.v * frame - camera_z for o in street.objects], np.float32)
     for i in np.argsort(-depth):
         z = float(depth[i])
@@ -503,12 +540,13 @@ def _draw_street(seg: _SegmentMap, cam: Camera, street: Street, camera_z: float,
         instances = {label: seg.new_instance(label) for label in {p.label for p in obj.parts} & INSTANCE_LABELS}
         scale = cam.focal / z
         x = obj.x - street.camera_x
+        plane = seg.plane((0.0, 0.0, 1.0), z)
         for part in obj.parts:
             px = np.stack([cam.cx + scale * (x + part.points[:, 0]),
                            cam.cy + scale * (CAMERA_HEIGHT_M - part.points[:, 1])], -1)
             seg_id = seg.segment(part.label, part.material, instances.get(part.label))
             thickness = max(1, int(round(part.thickness_m * scale))) if part.thickness_m > 0 else 0
-            seg.fill(px, seg_id, thickness)
+            seg.fill(px, seg_id, thickness, plane)
 
 
 def _draw_ego(seg: _SegmentMap, cam: Camera, hood_fraction: float) -> None:
@@ -535,7 +573,7 @@ def _compose(seg: _SegmentMap, cam: Camera, rng: np.random.Generator) -> Synthet
     lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain[None, :], 0, 255).astype(np.uint8)
     rgb = cv2.LUT(rgb, lut.reshape(256, 1, 3))
     return SyntheticFrame(rgb=rgb, label_ids=label_ids, train_ids=LABEL_TO_TRAIN[label_ids],
-                          instance_ids=_visible_instances(seg)[seg.ids])
+                          instance_ids=_visible_instances(seg)[seg.ids], depth=seg.depth(cam))
 
 
 def _visible_instances(seg: _SegmentMap) -> np.ndarray:
@@ -554,29 +592,97 @@ def _visible_instances(seg: _SegmentMap) -> np.ndarray:
     return instance
 
 
+def topdown_map(street: Street, camera_z: float, frame: int, grid: GridSpec) -> np.ndarray:
+    """uint8 [grid.height, grid.width] train ids of what is on the ground around the camera (grid frame: the
+    ground under the camera, x forward, y left), 255 where nothing is: ground quads, then the footprints of
+    facades, walls and objects reaching below TOPDOWN_MAX_HEIGHT_M. Objects are where `_draw_street` draws them."""
+    out = np.full((grid.height, grid.width), IGNORE_ID, np.uint8)
+    shift = 4  # sub-cell precision for OpenCV's fixed-point vertices
+
+    def cells(x_rel: np.ndarray, z_rel: np.ndarray) -> np.ndarray:
+        """camera-relative (lateral right, depth) -> fixed-point (col, row) with cell centres at integers"""
+        col = (z_rel - grid.origin_x) / grid.resolution - 0.5
+        row = (-x_rel - grid.origin_y) / grid.resolution - 0.5
+        return np.round(np.stack([col, row], -1).clip(-1e5, 1e5) * (1 << shift)).astype(np.int32)
+
+    def draw(x_rel, z_rel, label: int, area: bool) -> None:
+        train = int(LABEL_TO_TRAIN[label])
+        if train == IGNORE_ID:
+            return
+        pts = cells(np.asarray(x_rel, np.float32), np.asarray(z_rel, np.float32))
+        if area:
+            cv2.fillPoly(out, [pts], train, shift=shift)
+        cv2.polylines(out, [pts], area, train, 1, shift=shift)  # thin footprints are lines of cells
+
+    near, far = grid.origin_x - 1.0, grid.origin_x + grid.size_x + 1.0  # what can touch the grid, ahead
+
+    def on_grid(z_rel: np.ndarray) -> bool:
+        return z_rel.max() >= near and z_rel.min() <= far
+
+    for quad in street.ground:
+        if on_grid(quad.corners[:, 2] - camera_z):
+            draw(quad.corners[:, 0] - street.camera_x, quad.corners[:, 2] - camera_z, quad.label, True)
+    for quad in street.surfaces:
+        if (quad.corners.ndim == 2 and quad.corners[:, 1].min() < TOPDOWN_MAX_HEIGHT_M
+                and on_grid(quad.corners[:, 2] - camera_z)):
+            draw(quad.corners[:, 0] - street.camera_x, quad.corners[:, 2] - camera_z, quad.label, False)
+    for obj in street.objects:
+        z = obj.z + obj.v * frame - camera_z
+        if not (NEAR_M + 1.0 < z < FAR_M and near <= z <= far):  # drawn in the image, and on the grid
+            continue
+        for part in obj.parts:
+            if part.points[:, 1].min() < TOPDOWN_MAX_HEIGHT_M:
+                half = part.thickness_m / 2
+                x = obj.x - street.camera_x + np.float32([part.points[:, 0].min() - half,
+                                                          part.points[:, 0].max() + half])
+                draw(x, [z, z], part.label, False)
+    return out
+
+
 def _render(street: Street, cam: Camera, camera_z: float, frame: int, hood: float,
-            rng: np.random.Generator) -> SyntheticFrame:
+            rng: np.random.Generator, topdown: GridSpec | None = None) -> SyntheticFrame:
     seg = _SegmentMap(cam.height, cam.width)
     _draw_street(seg, cam, street, camera_z, frame)
     _draw_ego(seg, cam, hood)
-    return _compose(seg, cam, rng)
+    out = _compose(seg, cam, rng)
+    if topdown is not None:
+        out.topdown = topdown_map(street, camera_z, frame, topdown)
+    return out
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int) -> SyntheticFrame:
-    """One random street scene seen from a forward camera."""
+def render_scene(rng: np.random.Generator, height: int, width: int,
+                 topdown: GridSpec | None = None) -> SyntheticFrame:
+    """One random street scene seen from a forward camera; `topdown`: also the true map on this grid."""
     street = build_street(rng, z_end=0.0)
-    return _render(street, Camera.for_image(height, width), 0.0, 0, rng.uniform(*HOOD_FRACTION), rng)
+    return _render(street, Camera.for_image(height, width), 0.0, 0, rng.uniform(*HOOD_FRACTION), rng, topdown)
 
 
 def render_drive(rng: np.random.Generator, n_frames: int, height: int, width: int,
-                 step_m: float = 0.8) -> Iterator[SyntheticFrame]:
+                 step_m: float = 0.8, topdown: GridSpec | None = None) -> Iterator[SyntheticFrame]:
     """`n_frames` temporally coherent frames of a camera driving `step_m` metres a frame down one street."""
     street = build_street(rng, z_end=n_frames * step_m, camera_speed=step_m)
     cam = Camera.for_image(height, width)
     hood = rng.uniform(*HOOD_FRACTION)
     light_seed = int(rng.integers(1 << 31))  # one illumination for the whole drive
     for i in range(n_frames):
-        yield _render(street, cam, i * step_m, i, hood, np.random.default_rng(light_seed))
+        yield _render(street, cam, i * step_m, i, hood, np.random.default_rng(light_seed), topdown)
+
+
+def render_street(street: Street, height: int, width: int, topdown: GridSpec | None = None,
+                  seed: int = 0) -> SyntheticFrame:
+    """A hand-laid street (e.g. `staged_street`) seen from its camera, without an ego hood."""
+    return _render(street, Camera.for_image(height, width), 0.0, 0, 0.0, np.random.default_rng(seed), topdown)
+
+
+def staged_street(objects: Iterable[tuple[str, float, float]], road_half_m: float = 8.0, seed: int = 0) -> Street:
+    """A flat road with nothing on it but `objects`: (kind, metres to the right of the camera, metres ahead),
+    kind one of car, person, pole, truck. For tests and figures whose geometry is known by hand."""
+    rng = np.random.default_rng(seed)
+    builders = {"car": _car, "person": _person, "truck": _truck, "pole": lambda r: _pole(r, "plain")}
+    street = Street(road_half_m=road_half_m, camera_x=0.0)
+    street.ground.append(_ground(-road_half_m, road_half_m, -20.0, FAR_M, "road", ROAD))
+    street.objects += [Billboard(x, z, builders[kind](rng)) for kind, x, z in objects]
+    return street
 
 
 # ---- Cityscapes layout ---------------------------------------------------------------------------------
@@ -643,10 +749,11 @@ def run(args) -> int:
     if args.bag:
         from seg_perception.eval.bag_io import write_drive_bag
         h, w = args.size
+        grid = GridSpec()  # seg_node's default costmap grid, the camera above its origin
         frames = progress_bar(args.frames, "frame", desc=args.bag,
-                              iterable=render_drive(np.random.default_rng(args.seed), args.frames, h, w))
+                              iterable=render_drive(np.random.default_rng(args.seed), args.frames, h, w, topdown=grid))
         path = write_drive_bag(args.bag, frames, storage=args.storage, compressed=args.compressed,
-                               camera_info=Camera.for_image(h, w).pinhole(), rate_hz=args.rate)
+                               camera_info=Camera.for_image(h, w).pinhole(), rate_hz=args.rate, topdown_grid=grid)
         print(f"wrote {path}: {args.frames} frames {h}x{w} at {args.rate} Hz")
         return 0
     for k, spec in enumerate(args.split or ["train:200", "val:50"]):

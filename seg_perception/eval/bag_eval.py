@@ -7,11 +7,18 @@ A config's `window_ns` runs only the images logged in one time slice of the bag:
 
 `--write-bag` also stores what seg_node would publish (mask, colour mask, costmaps projected with the bag's
 CameraInfo and the node's camera-pose / grid parameters) next to the camera topics, for RViz or Foxglove.
+
+When the bag holds a true top-down map (OccupancyGrid of train ids, as `seg-perception synth --bag` writes), the
+costmaps are scored too: flat-ground and, with a registered depth topic, depth-built, side by side
+(eval.costmap_metrics). An image pairs with the latest depth image logged before it, when their stamps are
+within the stamp tolerance.
 """
 
 from __future__ import annotations
 
 import bisect
+import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +29,9 @@ from seg_perception.backends import Backend, open_backend
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.core.trace import Tracer
 from seg_perception.eval import EvalError
-from seg_perception.eval.bag_io import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, BagReader, BagWriter,
-                                        gt_dir_index, image_msg, mono8_array, occupancy_grid_msg, stamp_ns)
+from seg_perception.eval.bag_io import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, OCCUPANCY_GRID, BagReader,
+                                        BagWriter, grid_array, gt_dir_index, image_msg, mono8_array,
+                                        occupancy_grid_msg, stamp_ns)
 from seg_perception.eval.cityscapes import read_ids
 from seg_perception.eval.metrics import EvalStats, accumulate
 
@@ -47,6 +55,8 @@ class BagEvalConfig:
     write_bag: Path | None = None
     write_storage: str = "mcap"
     params_file: Path | None = None  # seg_node parameters YAML: camera pose, grid, cost table for costmaps
+    depth_topic: str = "/camera/depth/image_raw"  # registered depth for depth costmaps (absent from the bag: none)
+    topdown_topic: str = "/camera/semantic_gt_topdown"  # true top-down map: costmap scoring (absent: none)
     window_ns: tuple[int | None, int | None] | None = None  # log time [start, stop) of the images to run; None: all
 
     def __post_init__(self) -> None:
@@ -63,6 +73,7 @@ class BagEvalResult:
     unmatched_gt: int  # ground-truth stamps no image matched
     model_info: object
     matched_gt: frozenset[int]  # ground-truth stamps some image matched (slices of one bag add up by union)
+    costmap_iou: dict | None = None  # eval.costmap_metrics.CostmapIoU.report(), when the bag has a top-down map
 
 
 def no_match_error(config: BagEvalConfig, frames: int, gt_stamps: int) -> EvalError:
@@ -110,25 +121,33 @@ def _ros_parameters(path: Path) -> dict:
     raise EvalError(f"'{path}' has no ros__parameters block")
 
 
-def _projector(config: BagEvalConfig, class_names):
-    """The node's GroundProjector, from seg_node's parameter defaults plus --params-file."""
-    from seg_perception.core.costmap import GroundProjector
+def node_projector(overrides: dict, class_names, source: str = "seg_node parameters"):
+    """seg_node's projector (flat ground and depth) and its fused cost table, from the node's parameter defaults
+    plus `overrides` (what --ros-args or a parameters file set)."""
+    from seg_perception.core.costmap import cost_lut
+    from seg_perception.core.depth_costmap import DepthProjector
     from seg_perception.ros.params import PARAMETERS, NodeParams, ParameterError, check
 
     values = {name: spec.default for name, spec in PARAMETERS.items()}
-    if config.params_file is not None:
-        overrides = _ros_parameters(config.params_file)
-        unknown = sorted(set(overrides) - set(values))
-        if unknown:
-            raise EvalError(f"'{config.params_file}': unknown seg_node parameter(s) {unknown}")
-        values.update(overrides)
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise EvalError(f"{source}: unknown seg_node parameter(s) {unknown}")
+    values.update(overrides)
     try:
         for name, value in values.items():
             check(name, value)
         p = NodeParams(**values)
-        return GroundProjector(p.grid(), p.pose(), class_names, p.costs(), p.default_cost, p.costmap_classes)
+        return (DepthProjector(p.grid(), p.pose(), class_names, p.costs(), p.default_cost, p.costmap_classes,
+                               p.depth()), cost_lut(class_names, p.costs(), p.default_cost))
     except (ParameterError, ValueError) as exc:
         raise EvalError(f"costmap parameters: {exc}") from exc
+
+
+def _projector(config: BagEvalConfig, class_names):
+    """node_projector with --params-file."""
+    if config.params_file is None:
+        return node_projector({}, class_names)
+    return node_projector(_ros_parameters(config.params_file), class_names, f"'{config.params_file}'")
 
 
 class _Outputs:
@@ -177,6 +196,15 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
         info_topic = config.camera_info_topic if config.camera_info_topic in reader.topics else ""
         if info_topic:
             reader.topic(info_topic, (CAMERA_INFO,))
+        topdown_topic = config.topdown_topic if info_topic and config.topdown_topic in reader.topics else ""
+        if topdown_topic and importlib.util.find_spec("rclpy") is None:
+            print("eval bag: costmaps not scored: seg_node's parameters need rclpy (the [ros] extra)", file=sys.stderr)
+            topdown_topic = ""
+        depth_topic = config.depth_topic if topdown_topic and config.depth_topic in reader.topics else ""
+        if topdown_topic:
+            reader.topic(topdown_topic, (OCCUPANCY_GRID,))
+        if depth_topic:
+            reader.topic(depth_topic, (IMAGE,))
         n_frames = reader.count(config.image_topic)
         if n_frames == 0:
             raise EvalError(f"topic '{config.image_topic}' in '{config.bag}' has no messages")
@@ -186,13 +214,19 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
             backend = open_backend(config.model, config.backend, **({"threads": config.threads} if config.threads
                                                                     else {}))
         try:
-            projector = _projector(config, backend.info.class_names) if config.write_bag and info_topic else None
+            projector, fused_lut = (_projector(config, backend.info.class_names)
+                                    if (config.write_bag or topdown_topic) and info_topic else (None, None))
             tracer = Tracer(capacity=n_frames)
-            pipeline = SegPipeline(backend, "camera", projector, tracer)
+            pipeline = SegPipeline(backend, "camera", projector if config.write_bag else None, tracer)
             outputs = _Outputs(config, pipeline, reader) if config.write_bag else None
+            scoring = (_CostmapScoring(projector, fused_lut, backend.info.class_names, depth_topic,
+                                       int(config.stamp_tolerance_ms * 1e6)) if topdown_topic else None)
             try:
-                return _run(config, reader, pipeline, outputs, image_type, info_topic, gt_stamps, gt_files,
-                            n_frames, on_frame)
+                result = _run(config, reader, pipeline, outputs, image_type, info_topic, gt_stamps, gt_files,
+                              n_frames, on_frame, scoring, topdown_topic)
+                if scoring is not None:
+                    result.costmap_iou = scoring.iou.report()
+                return result
             finally:
                 if outputs is not None:
                     outputs.close()
@@ -201,11 +235,74 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
                 backend.close()
 
 
+class _CostmapScoring:
+    """Flat-ground and depth costmaps of every image, scored against the true top-down map of the same stamp
+    (whichever of the two arrives first waits for the other)."""
+
+    def __init__(self, projector, fused_lut: np.ndarray, class_names, depth_topic: str, tolerance_ns: int) -> None:
+        from seg_perception.core.depth_costmap import DepthDecoder
+        from seg_perception.eval.costmap_metrics import CostmapIoU
+
+        self.projector, self.depth_topic, self.tolerance_ns = projector, depth_topic, tolerance_ns
+        self.iou = CostmapIoU(tuple(class_names), fused_lut)
+        self.decoder = DepthDecoder()
+        self.depth: tuple[int, np.ndarray] | None = None  # (stamp, metres) of the latest depth image
+        self.intrinsics: tuple[np.ndarray, tuple[int, int]] | None = None
+        self.truths: dict[int, np.ndarray] = {}  # top-down maps that arrived before their image
+        self.waiting: dict[int, tuple[dict, np.ndarray]] = {}  # layers (copies) and view of images without truth
+        self._visible_key: tuple | None = None
+
+    def on_depth(self, msg) -> None:
+        self.depth = (stamp_ns(msg.header), self.decoder.decode(msg.data, msg.encoding, msg.height, msg.width,
+                                                               msg.step, msg.is_bigendian))
+
+    def on_truth(self, msg) -> None:
+        from seg_perception.eval.costmap_metrics import resample_truth
+
+        ns = stamp_ns(msg.header)
+        truth = resample_truth(grid_array(msg), msg.info.resolution, msg.info.origin.position.x,
+                               msg.info.origin.position.y, self.projector.grid)
+        if ns in self.waiting:
+            self._score(*self.waiting.pop(ns), truth)
+        else:
+            self.truths[ns] = truth
+
+    def on_frame(self, ns: int, labels: np.ndarray, camera_hw: tuple[int, int]) -> None:
+        from seg_perception.core.depth_costmap import check_registered
+
+        layers = {"flat_ground": self.projector.project(labels, camera_hw)}
+        if self.depth_topic:
+            depth = self.depth[1] if self.depth and abs(self.depth[0] - ns) <= self.tolerance_ns else None
+            if depth is not None:
+                check_registered(camera_hw, depth.shape)
+            layers["depth"] = self.projector.project_depth(labels, camera_hw, depth)
+        visible = self._visible(camera_hw)
+        if ns in self.truths:
+            self._score(layers, visible, self.truths.pop(ns))
+        else:  # the projector reuses its buffers
+            self.waiting[ns] = ({m: {k: v.copy() for k, v in grids.items()} for m, grids in layers.items()}, visible)
+
+    def _visible(self, camera_hw: tuple[int, int]) -> np.ndarray:
+        from seg_perception.eval.costmap_metrics import visible_cells
+
+        k, k_hw = self.intrinsics
+        key = (k.tobytes(), k_hw, camera_hw, self.projector.pose)
+        if key != self._visible_key:
+            self._cells_visible = visible_cells(self.projector.grid, self.projector.pose, k, k_hw, camera_hw)
+            self._visible_key = key
+        return self._cells_visible
+
+    def _score(self, layers: dict, visible: np.ndarray, truth: np.ndarray) -> None:
+        for mode, grids in layers.items():
+            self.iou.add(mode, grids, truth, visible)
+
+
 def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, outputs: _Outputs | None,
          image_type: str, info_topic: str, gt_stamps: list[int], gt_files: dict[int, Path], n_frames: int,
-         on_frame) -> BagEvalResult:
-    tracer, projector = pipeline.tracer, pipeline.projector
-    request = OutputRequest(mask=True, color=outputs is not None, costmaps=projector is not None)
+         on_frame, scoring: _CostmapScoring | None = None, topdown_topic: str = "") -> BagEvalResult:
+    tracer = pipeline.tracer
+    projector = scoring.projector if scoring is not None else pipeline.projector
+    request = OutputRequest(mask=True, color=outputs is not None, costmaps=pipeline.projector is not None)
     tolerance_ns = int(config.stamp_tolerance_ms * 1e6)
     stats = EvalStats()
     gts: dict[int, np.ndarray] = {}  # ground truth that arrived before its image
@@ -219,20 +316,32 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
                             f"{pred.shape[1]}x{pred.shape[0]}")
         accumulate(stats, gt, pred, "trainIds", "trainIds")
 
-    if projector is not None:  # intrinsics before the first frame, whatever the message order
-        msg = reader.first(info_topic)
-        projector.set_intrinsics(np.asarray(msg.k).reshape(3, 3), (msg.height, msg.width))
+    def set_intrinsics(msg) -> None:
+        k, hw = np.asarray(msg.k).reshape(3, 3), (msg.height, msg.width)
+        projector.set_intrinsics(k, hw)
+        if scoring is not None:
+            scoring.intrinsics = (k, hw)
 
-    topics = [t for t in (config.image_topic, config.gt_topic, info_topic) if t]
+    if projector is not None:  # intrinsics before the first frame, whatever the message order
+        set_intrinsics(reader.first(info_topic))
+
+    depth_topic = scoring.depth_topic if scoring is not None else ""
+    topics = [t for t in (config.image_topic, config.gt_topic, info_topic, depth_topic, topdown_topic) if t]
     for conn, log_ns, raw in reader.raw_messages(topics, *_read_span(config)):
         if conn.topic == config.image_topic and not _in_window(config, log_ns):
             continue  # another slice's frame
-        if outputs is not None and conn.topic != config.gt_topic:
+        if outputs is not None and conn.topic not in (config.gt_topic, depth_topic, topdown_topic):
             outputs.copy(conn, log_ns, raw)
         msg = reader.deserialize(raw, conn.msgtype)
         if conn.topic == info_topic:
             if projector is not None:
-                projector.set_intrinsics(np.asarray(msg.k).reshape(3, 3), (msg.height, msg.width))
+                set_intrinsics(msg)
+            continue
+        if conn.topic == depth_topic:
+            scoring.on_depth(msg)
+            continue
+        if conn.topic == topdown_topic:
+            scoring.on_truth(msg)
             continue
         ns = stamp_ns(msg.header)
         if conn.topic == config.gt_topic:
@@ -250,6 +359,8 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
             rgb = pipeline.decode_raw(msg.data, msg.encoding, msg.height, msg.width, msg.step, slot)
         result = pipeline.process(rgb, request, slot)
         tracer.commit(slot)
+        if scoring is not None:
+            scoring.on_frame(ns, result.model_labels, rgb.shape[:2])
         if outputs is not None:
             outputs.frame(log_ns, msg.header, result)
         if on_frame is not None:

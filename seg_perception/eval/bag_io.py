@@ -1,5 +1,6 @@
 """rosbag2 files (sqlite3 and mcap) without a ROS install, through the `rosbags` library: a drive-bag writer
-(camera images, camera_info, ground-truth train ids) and readers for Image, CompressedImage and CameraInfo.
+(camera images, camera_info, registered depth, ground-truth train ids and the true top-down map) and readers for
+Image, CompressedImage, CameraInfo and OccupancyGrid.
 
 Messages are rosbags' own dataclasses from the Jazzy typestore; their CDR is byte-identical to what rclpy
 writes and the metadata is rosbag2 version 9 (Jazzy's), so `seg-perception replay` publishes the stored bytes
@@ -90,6 +91,31 @@ def camera_info_msg(ns: int, frame_id: str, camera: PinholeCamera, height: int, 
         roi=_T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
 
 
+def depth_msg(ns: int, frame_id: str, metres: np.ndarray):
+    """float32 metres (0 = no return) -> 16UC1 millimetres, as RealSense and depth_image_proc publish it;
+    beyond 65.535 m is no return too."""
+    mm = np.round(np.nan_to_num(metres, nan=0.0, posinf=0.0) * 1000.0)
+    mm[(mm < 0) | (mm > 65535)] = 0
+    h, w = metres.shape
+    return _T[IMAGE](header=header(ns, frame_id), height=h, width=w, encoding="16UC1", is_bigendian=0,
+                     step=w * 2, data=mm.astype("<u2").view(np.uint8).reshape(-1))
+
+
+def topdown_msg(ns: int, grid, train_ids: np.ndarray):
+    """The true top-down map as an OccupancyGrid whose cells hold train ids (0..18; -1 = nothing known)."""
+    cells = train_ids.astype(np.int8)
+    cells[train_ids == 255] = -1
+    return occupancy_grid_msg(ns, grid, cells)
+
+
+def grid_array(msg) -> np.ndarray:
+    """An OccupancyGrid's cells as int8 [height, width] (a view)."""
+    cells = np.frombuffer(msg.data, np.int8)
+    if cells.size != msg.info.width * msg.info.height:
+        raise EvalError(f"OccupancyGrid data holds {cells.size} cells, expected {msg.info.width}x{msg.info.height}")
+    return cells.reshape(msg.info.height, msg.info.width)
+
+
 def occupancy_grid_msg(ns: int, grid, cells: np.ndarray):
     """cells: int8 [height, width] on a seg_perception.core.costmap.GridSpec."""
     geometry = "geometry_msgs/msg/"
@@ -140,12 +166,16 @@ def write_drive_bag(path: str | os.PathLike, frames: Iterable, storage: str = "s
                     gt_topic: str = "/camera/semantic_gt", camera_info: PinholeCamera | None = None,
                     camera_info_topic: str = "/camera/camera_info", rate_hz: float = 10.0,
                     start_ns: int = 1_700_000_000_000_000_000, frame_id: str = "camera",
-                    compressed_format: str = "jpeg") -> Path:
+                    compressed_format: str = "jpeg", depth_topic: str = "/camera/depth/image_raw",
+                    depth_info_topic: str = "/camera/depth/camera_info",
+                    topdown_topic: str = "/camera/semantic_gt_topdown", topdown_grid=None) -> Path:
     """Write a drive: per frame an image (rgb8 Image, or CompressedImage on `<image_topic>/compressed`), its
-    CameraInfo and, when the frame has them, its ground-truth train ids as a mono8 Image with the same stamp.
+    CameraInfo and, when the frame has them, its ground-truth train ids as a mono8 Image with the same stamp,
+    its depth (16UC1, registered to the image, with its CameraInfo; written before the image, as a driver that
+    publishes depth first) and its true top-down map on `topdown_grid` (costmap.GridSpec, the frame's grid).
 
-    frames: objects with `.rgb` and `.train_ids` (seg_perception.data.synthetic.SyntheticFrame) or
-    (rgb, train_ids) pairs; train_ids may be None. camera_info None: a 60 degree pinhole camera.
+    frames: objects with `.rgb`, `.train_ids`, `.depth` and `.topdown` (seg_perception.data.synthetic.SyntheticFrame)
+    or (rgb, train_ids) pairs; train_ids may be None. camera_info None: a 60 degree pinhole camera.
     """
     if rate_hz <= 0:
         raise ValueError(f"rate_hz must be positive, got {rate_hz}")
@@ -157,15 +187,25 @@ def write_drive_bag(path: str | os.PathLike, frames: Iterable, storage: str = "s
             rgb, train_ids = (frame.rgb, frame.train_ids) if hasattr(frame, "rgb") else frame
             ns = start_ns + i * period_ns
             h, w = rgb.shape[:2]
+            info = camera_info or PinholeCamera.from_hfov(h, w)
+            depth = getattr(frame, "depth", None)
+            if depth_topic and depth is not None:
+                bag.write(depth_topic, ns, depth_msg(ns, frame_id, depth))
+                if depth_info_topic:
+                    bag.write(depth_info_topic, ns, camera_info_msg(ns, frame_id, info, h, w))
             bag.write(image_topic, ns, compressed_msg(ns, frame_id, rgb, compressed_format) if compressed
                       else image_msg(ns, frame_id, rgb, "rgb8"))
             if camera_info_topic:
-                bag.write(camera_info_topic, ns,
-                          camera_info_msg(ns, frame_id, camera_info or PinholeCamera.from_hfov(h, w), h, w))
+                bag.write(camera_info_topic, ns, camera_info_msg(ns, frame_id, info, h, w))
             if gt_topic and train_ids is not None:
                 if train_ids.shape != (h, w):
                     raise ValueError(f"frame {i}: train ids {train_ids.shape} do not match the image {(h, w)}")
                 bag.write(gt_topic, ns, image_msg(ns, frame_id, train_ids, "mono8"))
+            topdown = getattr(frame, "topdown", None)
+            if topdown_topic and topdown is not None:
+                if topdown_grid is None or topdown.shape != (topdown_grid.height, topdown_grid.width):
+                    raise ValueError(f"frame {i}: a top-down map needs the GridSpec it was drawn on")
+                bag.write(topdown_topic, ns, topdown_msg(ns, topdown_grid, topdown))
     return Path(path)
 
 

@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bag.add_argument("--write-storage", default="mcap", choices=("sqlite3", "mcap"))
     bag.add_argument("--params-file", type=Path,
                      help="seg_node parameters YAML (camera pose, grid, cost table) for --write-bag costmaps")
+    bag.add_argument("--depth-topic", default="/camera/depth/image_raw",
+                     help="registered depth (16UC1/32FC1): scores depth-built costmaps beside flat-ground ones")
+    bag.add_argument("--topdown-topic", default="/camera/semantic_gt_topdown",
+                     help="true top-down map (OccupancyGrid of train ids): scores the costmaps when in the bag")
     bag.add_argument("--trace", type=Path, help="write the stage trace: .json (Chrome/Perfetto), .csv or .png")
     _model_arguments(bag, "inference threads (0 = backend default)")
 
@@ -158,7 +162,7 @@ def _bag(args: argparse.Namespace) -> int:
 
     config = BagEvalConfig(args.bag, args.image_topic, args.gt_topic or "", args.gt_dir, args.model, args.backend,
                            args.threads, args.stamp_tolerance_ms, args.camera_info_topic, args.write_bag,
-                           args.write_storage, args.params_file)
+                           args.write_storage, args.params_file, args.depth_topic, args.topdown_topic)
     bar = None
 
     def on_frame(total: int) -> None:
@@ -176,8 +180,9 @@ def _bag(args: argparse.Namespace) -> int:
 
         write_trace(result.tracer, args.trace, title=f"eval bag {args.bag}, model {result.model_info.name}")
     source = report_source(config, result.num_frames, result.unmatched_frames, result.unmatched_gt)
+    extra = {"costmap_iou": result.costmap_iou} if result.costmap_iou else None
     report, scored = build_report(result.stats, result.tracer.durations_ms(), source,
-                                  model_identity(args.model, result.model_info))
+                                  model_identity(args.model, result.model_info), extra)
     paths = write_report(report, scored, args.out)
     _print_summary(report, paths)
     return 0
@@ -223,4 +228,9 @@ def _print_summary(report: dict, paths: list[Path]) -> None:
     print(f"mIoU {pct(report['miou'])}  category IoU {pct(report['mean_category_iou'])}  iIoU {pct(report['iiou'])}"
           f"  pixel acc {pct(report['pixel_accuracy'])}  on {report['num_images']} images"
           + (f"; pipeline p50 {e2e['p50']:.1f} ms p99 {e2e['p99']:.1f} ms" if e2e else ""))
+    costmap = report.get("costmap_iou")
+    if costmap:
+        print("costmap IoU (%): " + "; ".join(
+            f"{mode} " + ", ".join(f"{k} {pct(v)}" for k, v in costmap[mode].items())
+            for mode in costmap if mode != "frames"))
     print("wrote " + ", ".join(map(str, paths)))

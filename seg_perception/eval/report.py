@@ -117,6 +117,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {_pct(iou)} | {_pct(iiou[name]) if name in iiou else ''} |")
     lines += ["", "| category | IoU (%) |", "|---|---:|"]
     lines += [f"| {name} | {_pct(v)} |" for name, v in report["category_iou"].items()]
+    if report.get("costmap_iou"):
+        from seg_perception.eval.costmap_metrics import markdown_rows
+
+        lines += [""] + markdown_rows(report["costmap_iou"])
     if report["latency_ms"]:
         lines += ["", "| stage | count | p50 ms | p90 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {name} | {v['count']} | {v['p50']:.2f} | {v['p90']:.2f} | {v['p99']:.2f} | {v['max']:.2f} |"

@@ -14,10 +14,11 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import KeyValue
 from nav_msgs.msg import OccupancyGrid
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from seg_perception.core.costmap import GridSpec
+from seg_perception.core.depth_costmap import POINT_DTYPE
 from seg_perception.core.image_codec import ImageEncoder
 
 
@@ -94,6 +95,32 @@ class GridOut:
         self.msg.info.map_load_time = stamp
         self.msg.data = self._buf.fill(cells)
         return self.msg
+
+
+class PointCloudOut:
+    """One reusable sensor_msgs/PointCloud2 of labelled points (depth_costmap.POINT_DTYPE: x, y, z float32,
+    label and confidence uint8). An unorganised cloud changes size every frame, so its buffer does too."""
+
+    _TYPES = {np.dtype("<f4"): PointField.FLOAT32, np.dtype("u1"): PointField.UINT8}
+
+    def __init__(self) -> None:
+        msg = PointCloud2(check_fields=True)
+        msg.fields = [PointField(name=name, offset=offset, datatype=self._TYPES[dtype], count=1)
+                      for name, (dtype, offset) in POINT_DTYPE.fields.items()]
+        msg.is_bigendian = False
+        msg.point_step = POINT_DTYPE.itemsize
+        self.msg = msg
+        self._buf = _ReusedBuffer("B", np.uint8)
+
+    def fill(self, header: Header, points: np.ndarray, hw: tuple[int, int]) -> PointCloud2:
+        """points: POINT_DTYPE [height * width]; an organised cloud (height > 1) may hold NaN points."""
+        msg = self.msg
+        msg.header = header
+        msg.height, msg.width = int(hw[0]), int(hw[1])
+        msg.row_step = msg.width * msg.point_step
+        msg.is_dense = msg.height == 1
+        msg.data = self._buf.fill(points.view(np.uint8))
+        return msg
 
 
 def intrinsics(info: CameraInfo) -> tuple[np.ndarray, tuple[int, int]]:

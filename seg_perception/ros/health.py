@@ -1,7 +1,8 @@
 """seg_node's health for /diagnostics: a level and a message that describe the window since the previous report.
 
 OK while frames flow; WARN at start-up until the first frame, when none has arrived for `stale_timeout` seconds, or
-when a frame was rejected in the window; ERROR when the backend failed on a frame in the window. A problem that is
+when a frame was rejected or went without usable depth in the window; ERROR when the backend failed on a frame in
+the window. A problem that is
 over no longer colours the level: the lifetime totals stay in the status values.
 """
 
@@ -27,6 +28,7 @@ class Counts:
     frames_out: int = 0
     rejected: int = 0
     failed: int = 0
+    depth_dropped: int = 0  # frames whose depth-built outputs stayed unknown
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class HealthWindow:
         prev = self._previous
         in_hz, out_hz = (counts.frames_in - prev.frames_in) / seconds, (counts.frames_out - prev.frames_out) / seconds
         failed, rejected = counts.failed - prev.failed, counts.rejected - prev.rejected
+        no_depth = counts.depth_dropped - prev.depth_dropped
         self._since_ns, self._previous = now_ns, counts
 
         rates = f"{in_hz:.1f} Hz in, {out_hz:.1f} Hz out"
@@ -66,4 +69,7 @@ class HealthWindow:
         if rejected:
             return Health(DiagnosticStatus.WARN, f"{rejected} frames rejected in the last {seconds:.1f} s "
                                                  f"({last_problem}); {rates}", in_hz, out_hz)
+        if no_depth:
+            return Health(DiagnosticStatus.WARN, f"{no_depth} frames without usable depth in the last {seconds:.1f} "
+                                                 f"s ({last_problem}); {rates}", in_hz, out_hz)
         return Health(DiagnosticStatus.OK, rates, in_hz, out_hz)

@@ -9,6 +9,7 @@ thread decodes, infers and publishes, always on the newest frame (a frame replac
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -21,11 +22,12 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from seg_perception.backends import BackendError, open_backend
 from seg_perception.core import trace
-from seg_perception.core.costmap import FUSED, GroundProjector
+from seg_perception.core.costmap import FUSED
+from seg_perception.core.depth_costmap import DepthDecoder, DepthError, DepthProjector, check_registered
 from seg_perception.core.frame_slot import LatestFrameSlot
 from seg_perception.core.image_codec import ImageDecodeError
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
@@ -39,6 +41,9 @@ from seg_perception.ros.topics import LATCHED, resolve_inputs
 _NOW = trace._NOW
 THROTTLE_S = 5.0  # bad-input log lines: at most one per this many seconds
 LIVE_STAMP_NS = 10_000_000_000  # a header stamp further than this from ROS now is on another clock
+# A frame whose depth image is not in yet waits this long for it, while the depth stream is live (its newest image
+# within DEPTH_LIVE_NS of the frame): with a fast model the frame can be done before its depth is delivered.
+DEPTH_WAIT_S, DEPTH_LIVE_NS = 0.1, 1_000_000_000
 _POSE_PARAMS = {"camera_x": "x", "camera_y": "y", "camera_height": "height", "camera_roll": "roll",
                 "camera_pitch": "pitch", "camera_yaw": "yaw"}
 
@@ -70,18 +75,25 @@ class SegNode(Node):
         self.backend.warm_up(p.warmup_frames)  # before any subscription: no camera frame waits on it
         warm_up_ms = (_NOW() - start) / 1e6
         costs = p.costs()
-        for param, names in (("cost_table", list(costs)), ("costmap_classes", p.costmap_classes)):
+        for param, names in (("cost_table", list(costs)), ("costmap_classes", p.costmap_classes),
+                             ("ground_classes", p.ground_classes)):
             unknown = [n for n in names if n not in info.class_names]
             if unknown:
                 raise ParameterError(param, f"unknown class name(s) {unknown}; model '{info.name}' has "
                                             f"{list(info.class_names)}")
-        self.projector = GroundProjector(p.grid(), p.pose(), info.class_names, costs, p.default_cost,
-                                         p.costmap_classes)
+        self.projector = DepthProjector(p.grid(), p.pose(), info.class_names, costs, p.default_cost,
+                                        p.costmap_classes, p.depth())
         self.pose_source = open_pose_source(self, p.camera_pose_source, p.costmap_frame, p.tf_timeout, p.pose())
         self.tracer = trace.Tracer(capacity=max(4096, 2 * p.trace_window))
-        self.pipeline = SegPipeline(self.backend, p.output_resolution, self.projector, self.tracer, p.overlay_alpha)
+        self.pipeline = SegPipeline(self.backend, p.output_resolution, self.projector, self.tracer, p.overlay_alpha,
+                                    p.points_stride, p.points_organized)
         self.slot: LatestFrameSlot[_Frame] = LatestFrameSlot()
         self.rejected = self.errors = self.published = self.idle = 0
+        self.depth_dropped = 0  # frames whose depth-built outputs stayed unknown (no, late, or bad depth)
+        self._depths: collections.deque[Image] = collections.deque(maxlen=8)  # newest last
+        self._depths_arrived = threading.Condition()
+        self._depth_decoder = DepthDecoder()
+        self._depth_paired = False  # the current frame found its depth image
         self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
         self._camera_info: CameraInfo | None = None
         self._last_arrival_ns: int | None = None  # perf_counter clock; None until the first frame
@@ -102,6 +114,7 @@ class SegNode(Node):
         self.pub_latency = publisher("semantic_mask/latency", DiagnosticArray)
         self.pub_layers = {name: self.create_publisher(OccupancyGrid, layer_topic(name), LATCHED)
                            for name in self.projector.layers}
+        self.pub_points = publisher("semantic_points", PointCloud2) if p.depth_topic else None
         # Remote viewers: PNG keeps mask values exact; colour and overlay as the user chooses.
         self.pub_compressed = {}  # image output -> (publisher, CompressedOut)
         if p.publish_compressed:
@@ -117,6 +130,7 @@ class SegNode(Node):
         self._out_color, self._out_overlay = conv.ImageOut("rgb8"), conv.ImageOut("rgb8")
         self._out_info = CameraInfo()
         self._out_layers = {name: conv.GridOut(self.projector.grid) for name in self.projector.layers}
+        self._out_points = conv.PointCloudOut()
         self._latency = DiagnosticArray()
 
         # Inputs.
@@ -128,6 +142,8 @@ class SegNode(Node):
         self.create_subscription(msg_type, self.inputs.image, self._on_image, in_qos)
         if self.inputs.camera_info:
             self.create_subscription(CameraInfo, self.inputs.camera_info, self._on_camera_info, qos_profile_sensor_data)
+        if p.depth_topic:
+            self.create_subscription(Image, p.depth_topic, self._on_depth, in_qos)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.health = HealthWindow(self.inputs.image, p.stale_timeout, _NOW())
@@ -135,7 +151,7 @@ class SegNode(Node):
         self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.name} "
+            f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.describe()} "
             f"(warm-up: {p.warmup_frames} frames, {warm_up_ms:.0f} ms); "
             f"listening on {self.inputs.image} ({p.input_type}, {p.input_qos}), camera_info on "
             f"{self.inputs.camera_info or '(none: fx/fy/cx/cy)'}; camera pose from "
@@ -147,6 +163,11 @@ class SegNode(Node):
         transport = self.get_clock().now().nanoseconds - conv.stamp_to_ns(msg.header.stamp)
         self._last_arrival_ns, self._camera_frame = arrival, msg.header.frame_id
         self.slot.put(_Frame(msg, arrival, transport))
+
+    def _on_depth(self, msg: Image) -> None:
+        with self._depths_arrived:
+            self._depths.append(msg)
+            self._depths_arrived.notify_all()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         k, hw = conv.intrinsics(msg)
@@ -197,6 +218,7 @@ class SegNode(Node):
             color=subscribed(self.pub_color) or compressed.get("color", False),
             overlay=subscribed(self.pub_overlay) or compressed.get("overlay", False),
             costmaps=any(subscribed(pub) for pub in self.pub_layers.values()),
+            points=subscribed(self.pub_points),
         )
 
     def _serve(self, frame: _Frame) -> None:
@@ -205,7 +227,7 @@ class SegNode(Node):
         want_info = self.pub_info.get_subscription_count() > 0
         want_latency = self.pub_latency.get_subscription_count() > 0
         if not (request.mask or request.confidence or request.color or request.overlay or request.costmaps
-                or want_info or want_latency):
+                or request.points or want_info or want_latency):
             self.idle += 1  # nobody listens: skip inference entirely
             return
         msg, pipeline = frame.msg, self.pipeline
@@ -226,10 +248,15 @@ class SegNode(Node):
         tracer.span(slot, trace.WAIT, frame.arrival_ns, taken)
         tracer.span(slot, trace.DECODE, taken, decoded)
         cam_hw = rgb.shape[:2]
-        k_source = self._intrinsics(cam_hw) if (request.costmaps or want_info) else None
+        k_source = self._intrinsics(cam_hw) if (request.costmaps or request.points or want_info) else None
         if request.costmaps:
             request = self._pose_for_frame(request, msg.header)
-        result = pipeline.process(rgb, request, slot)
+        stamp = conv.stamp_to_ns(msg.header.stamp)
+        depth_source = (lambda: self._paired_depth(stamp, cam_hw)) if self.params.depth_topic else None
+        self._depth_paired = False
+        result = pipeline.process(rgb, request, slot, depth_source)
+        if self._depth_paired and result.costmaps and self.projector.points_used == 0:
+            self._depth_problem("no depth return falls in the costmap (all 0/NaN/inf?)")
 
         t_pub = _NOW()
         header = msg.header
@@ -248,6 +275,8 @@ class SegNode(Node):
             pub = self.pub_layers[name]
             if pub.get_subscription_count() > 0:
                 pub.publish(self._out_layers[name].fill(header.stamp, cells))
+        if request.points and result.points is not None:
+            self.pub_points.publish(self._out_points.fill(header, result.points, result.points_hw))
         if want_info and k_source is not None:
             out_hw = cam_hw if self.params.output_resolution == "camera" else self.backend.info.input_size
             k, k_hw = k_source
@@ -258,6 +287,40 @@ class SegNode(Node):
         self.published += 1
         if want_latency:
             self.pub_latency.publish(self._latency_msg(header, slot, result.inference_ms))
+
+    def _paired_depth(self, stamp: int, cam_hw: tuple[int, int]) -> np.ndarray | None:
+        """The depth image nearest the colour frame's stamp, decoded; None (counted, with the reason in
+        last_problem) when there is none within depth_tolerance or it cannot be used."""
+        p = self.params
+        earliest = stamp - int(p.depth_tolerance * 1e9)
+        with self._depths_arrived:
+            newest = self._newest_depth_ns()
+            if newest is not None and earliest > newest > stamp - DEPTH_LIVE_NS:
+                self._depths_arrived.wait_for(lambda: self._newest_depth_ns() >= earliest, timeout=DEPTH_WAIT_S)
+            msg = min(self._depths, key=lambda m: abs(conv.stamp_to_ns(m.header.stamp) - stamp), default=None)
+        if msg is None:
+            return self._depth_problem(f"no depth image on '{p.depth_topic}' yet")
+        gap_ms = (conv.stamp_to_ns(msg.header.stamp) - stamp) / 1e6
+        if abs(gap_ms) > p.depth_tolerance * 1e3:
+            return self._depth_problem(f"nearest depth image is {gap_ms:+.0f} ms from the colour frame "
+                                       f"(depth_tolerance {p.depth_tolerance * 1e3:.0f} ms)")
+        try:
+            depth = self._depth_decoder.decode(msg.data, msg.encoding, msg.height, msg.width, msg.step,
+                                               msg.is_bigendian)
+            check_registered(cam_hw, depth.shape)
+            self._depth_paired = True
+            return depth
+        except DepthError as exc:
+            return self._depth_problem(str(exc))
+
+    def _newest_depth_ns(self) -> int | None:
+        return conv.stamp_to_ns(self._depths[-1].header.stamp) if self._depths else None
+
+    def _depth_problem(self, problem: str) -> None:
+        self.depth_dropped += 1
+        self.last_problem = f"depth: {problem}"
+        self.get_logger().warning(f"depth-built outputs unknown for this frame: {problem}",
+                                  throttle_duration_sec=THROTTLE_S)
 
     def _pose_for_frame(self, request: OutputRequest, header) -> OutputRequest:
         """Set the projector's camera pose for this frame; without one (TF chosen but unknown) skip the costmaps."""
@@ -304,12 +367,14 @@ class SegNode(Node):
     # --- diagnostics ------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         counts = self.slot.counts
-        health = self.health.report(_NOW(), Counts(counts.put, self.published, self.rejected, self.errors),
+        health = self.health.report(_NOW(), Counts(counts.put, self.published, self.rejected, self.errors,
+                                                             self.depth_dropped),
                                     self._last_arrival_ns, self.last_problem)
         info = self.backend.info
         values = {"input_rate_hz": health.input_hz, "output_rate_hz": health.output_hz, "frames_in": counts.put,
                   "frames_out": self.published, "dropped": counts.dropped, "rejected": self.rejected,
-                  "errors": self.errors, "idle_no_subscribers": self.idle, "backend": self.backend.name,
+                  "errors": self.errors, "idle_no_subscribers": self.idle, "depth_dropped": self.depth_dropped,
+                  "backend": self.backend.name,
                   "model": info.name, "model_input": f"{info.input_size[0]}x{info.input_size[1]}",
                   "input_topic": self.inputs.image, "last_problem": self.last_problem}
         for stage, s in self.tracer.summary(self.params.trace_window).items():

@@ -12,8 +12,12 @@ from dataclasses import dataclass, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
-from seg_perception.backends import BACKENDS
+from seg_perception.backends import BACKENDS, backend_for
+from seg_perception.backends.device import parse_device
+from seg_perception.backends.onnxruntime_backend import provider_names
+from seg_perception.backends.torch_backend import PRECISIONS
 from seg_perception.core.costmap import CameraPose, GridSpec
+from seg_perception.core.depth_costmap import DepthSpec
 from seg_perception.errors import UsageError
 
 INPUT_QOS = ("sensor_data", "best_effort", "reliable")
@@ -39,6 +43,15 @@ class Spec:
 PARAMETERS: dict[str, Spec] = {
     "model": Spec("", "ONNX file, TensorRT engine (.engine/.plan) or zoo name; empty = the embedded default model"),
     "backend": Spec("auto", "inference backend", choices=BACKENDS),
+    "device": Spec("auto", "where inference runs: auto (the GPU when the backend has one: torch's CUDA, ONNX "
+                           "Runtime's TensorRT/CUDA providers; else the CPU), cpu, cuda or cuda:N (an error when "
+                           "there is none)"),
+    "precision": Spec("fp32", "torch backend precision: fp32, or fp16 through autocast (CUDA only; TensorRT's is "
+                              "trt_precision)", choices=PRECISIONS),
+    "cuda_graphs": Spec(False, "torch backend on CUDA: capture the forward once as a CUDA graph and replay it for "
+                               "every frame (the input size is fixed)"),
+    "providers": Spec("", "ONNX Runtime execution providers in preference order, e.g. 'tensorrt,cuda' (empty = "
+                          "chosen by device); a provider this onnxruntime lacks is an error"),
     "threads": Spec(0, "CPU inference threads (0 = the backend's default)", range=(0, 256)),
     "warmup_frames": Spec(2, "black frames run through the model before subscribing: the first runs allocate and "
                              "pick kernels, several times slower than later ones", range=(0, 100)),
@@ -101,6 +114,17 @@ PARAMETERS: dict[str, Spec] = {
     "default_cost": Spec(100, "fused cost of classes missing from cost_table", range=(-1, 100)),
     "costmap_classes": Spec(["road", "person", "car"], "one semantic_costmap/<class> layer per name "
                                                        "(spaces become underscores in the topic)"),
+    "depth_topic": Spec("", "depth image registered to the colour camera (16UC1 mm or 32FC1 m); costmaps are then "
+                            "built from depth and semantic_points is offered. Empty = flat-ground costmaps"),
+    "depth_tolerance": Spec(0.02, "largest |depth stamp - colour stamp| that still pairs them (s)", range=(0.0, 1.0)),
+    "min_obstacle_height": Spec(0.1, "depth points of obstacle classes below this height, and of ground classes "
+                                     "farther than this from the ground, mark nothing (m)", range=(0.0, 10.0)),
+    "max_obstacle_height": Spec(2.0, "depth points above this height mark nothing (m)", range=(0.01, 100.0)),
+    "ground_classes": Spec(["road", "sidewalk", "terrain"], "classes whose depth points near the ground mark the "
+                                                            "ground; every other class is an obstacle"),
+    "points_stride": Spec(4, "semantic_points keeps every n-th mask pixel in both directions", range=(1, 64)),
+    "points_organized": Spec(True, "semantic_points as an organised cloud (NaN for no return) rather than only "
+                                   "the points with a return"),
     "diagnostics_period": Spec(1.0, "seconds between /diagnostics messages", range=(0.1, 60.0)),
     "stale_timeout": Spec(3.0, "/diagnostics turns WARN when no camera frame has arrived for this many seconds",
                           range=(0.1, 3600.0)),
@@ -113,6 +137,10 @@ PARAMETERS: dict[str, Spec] = {
 class NodeParams:
     model: str
     backend: str
+    device: str
+    precision: str
+    cuda_graphs: bool
+    providers: str
     threads: int
     warmup_frames: int
     trt_precision: str
@@ -153,17 +181,43 @@ class NodeParams:
     cost_table: list[str]
     default_cost: int
     costmap_classes: list[str]
+    depth_topic: str
+    depth_tolerance: float
+    min_obstacle_height: float
+    max_obstacle_height: float
+    ground_classes: list[str]
+    points_stride: int
+    points_organized: bool
     diagnostics_period: float
     stale_timeout: float
     trace_file: str
     trace_window: int
 
     def backend_options(self) -> dict:
-        """Keyword options for `open_backend`: the engine-build ones only when TensorRT builds from ONNX."""
+        """Keyword options for `open_backend`, those of the backend that will run the model. An option that
+        backend does not take, set away from its default, is an error rather than silently ignored."""
+        try:
+            kind = backend_for(self.model, self.backend)
+        except ValueError as exc:
+            raise ParameterError("backend", str(exc)) from None
+        unused = {"precision": (self.precision != "fp32", "torch"), "cuda_graphs": (self.cuda_graphs, "torch"),
+                  "providers": (bool(self.providers), "onnxruntime")}
+        for name, (is_set, owner) in unused.items():
+            if is_set and kind != owner:
+                raise ParameterError(name, f"applies to the {owner} backend only; this model runs on {kind}")
         options = {"threads": self.threads} if self.threads else {}
-        if self.backend == "tensorrt" and self.model.endswith(".onnx"):
-            options.update(precision=self.trt_precision, rebuild=self.engine_rebuild,
-                           cache_dir=self.engine_cache_dir or None)
+        if kind == "torch":
+            options.update(device=self.device, precision=self.precision, cuda_graphs=self.cuda_graphs)
+        elif kind == "onnxruntime":
+            options.update(device=self.device, providers=self.providers)
+        else:
+            device = parse_device(self.device)
+            if device.kind == "cpu":
+                raise ParameterError("device", "TensorRT runs on a GPU; use auto, cuda or cuda:N")
+            options["device"] = device.gpu_index
+            if self.model.endswith(".onnx"):
+                options.update(precision=self.trt_precision, rebuild=self.engine_rebuild,
+                               cache_dir=self.engine_cache_dir or None)
         return options
 
     def pose(self) -> CameraPose:
@@ -173,6 +227,12 @@ class NodeParams:
     def grid(self) -> GridSpec:
         return GridSpec(self.costmap_resolution, self.costmap_size_x, self.costmap_size_y, self.costmap_origin_x,
                         self.costmap_origin_y, self.costmap_frame, self.costmap_max_range, self.costmap_ignore_bottom)
+
+    def depth(self) -> DepthSpec:
+        if self.min_obstacle_height >= self.max_obstacle_height:
+            raise ParameterError("min_obstacle_height", f"{self.min_obstacle_height} is not below "
+                                                        f"max_obstacle_height {self.max_obstacle_height}")
+        return DepthSpec(self.min_obstacle_height, self.max_obstacle_height, tuple(self.ground_classes))
 
     def costs(self) -> dict[str, int]:
         """cost_table as {class name: cost}."""
@@ -210,6 +270,12 @@ def check(name: str, value: object) -> None:
         raise ParameterError(name, f"'{value}' is not one of {', '.join(spec.choices)}")
     if name == "input_topic" and not value:
         raise ParameterError(name, "must not be empty")
+    validate = {"device": parse_device, "providers": provider_names}.get(name)
+    if validate is not None:
+        try:
+            validate(value)
+        except ValueError as exc:
+            raise ParameterError(name, str(exc)) from None
 
 
 def declare(node: Node) -> NodeParams:
@@ -224,4 +290,6 @@ def declare(node: Node) -> NodeParams:
         values[name] = param.value
     params = NodeParams(**values)
     params.costs()  # validates the entry syntax
+    params.depth()
+    params.backend_options()  # validates the backend options against the model
     return params

@@ -1,0 +1,362 @@
+"""Label image + registered depth image -> ground grids and a labelled point cloud, ROS-free.
+
+Every labelled pixel is back-projected through the intrinsics to its depth and moved into the grid frame by the
+camera pose. A point of an obstacle class between min and max obstacle height marks its cell with the class's
+cost; a point of a ground class within min_obstacle_height of the ground marks its cell with the ground cost.
+Cells the rays cross on their way to a kept point are known free: per bearing from the camera, from the nearest
+ground the image can show out to the farthest kept point (a polar sweep, not a walk along every ray).
+Depth 0, NaN and inf are "no return". Pixel rays, bearings and the grid's polar table are cached per
+(intrinsics, pose, sizes), so a frame costs a few passes over the samples into reused buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from seg_perception.core.costmap import (FREE, UNKNOWN, CameraPose, GridSpec, GroundProjector,
+                                         rotation_grid_from_optical, scaled_intrinsics)
+
+# sensor_msgs/image_encodings names of depth images -> (little-endian sample type, metres per unit)
+DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("<u2", 0.001), "32FC1": ("<f4", 1.0)}
+MM = np.float32(0.001)  # metres per unit of a uint16 depth image
+# A labelled point as sensor_msgs/PointCloud2 lays it out: x, y, z float32, label, confidence uint8, 16 bytes.
+POINT_DTYPE = np.dtype({"names": ["x", "y", "z", "label", "confidence"],
+                        "formats": ["<f4", "<f4", "<f4", "u1", "u1"], "offsets": [0, 4, 8, 12, 13],
+                        "itemsize": 16})
+
+
+class DepthError(ValueError):
+    """The depth image cannot be used for this frame; the text says why, in one line."""
+
+
+@dataclass(frozen=True)
+class DepthSpec:
+    """Which points mark cells: obstacle classes in a height band, ground classes near the ground (metres)."""
+
+    min_obstacle_height: float = 0.1
+    max_obstacle_height: float = 2.0
+    ground_classes: tuple[str, ...] = ("road", "sidewalk", "terrain")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_obstacle_height < self.max_obstacle_height:
+            raise ValueError(f"need 0 <= min_obstacle_height < max_obstacle_height, got "
+                             f"{self.min_obstacle_height}, {self.max_obstacle_height}")
+
+
+class DepthDecoder:
+    """Depth image message fields -> [h, w] depth as the projector reads it: a zero-copy view of little-endian
+    data without row padding (32FC1 float32 metres, 16UC1 uint16 millimetres); anything else converted into
+    float32 metres in a buffer reused across frames of one size."""
+
+    def __init__(self) -> None:
+        self._metres = np.empty((0, 0), np.float32)
+
+    def decode(self, data, encoding: str, height: int, width: int, step: int, is_bigendian: int = 0) -> np.ndarray:
+        spec = DEPTH_ENCODINGS.get(encoding)
+        if spec is None:
+            raise DepthError(f"depth encoding '{encoding}' is not one of {', '.join(DEPTH_ENCODINGS)}")
+        if height <= 0 or width <= 0:
+            raise DepthError(f"empty depth image: {width}x{height}")
+        dtype = np.dtype(spec[0]).newbyteorder(">" if is_bigendian else "<")
+        if step < width * dtype.itemsize:
+            raise DepthError(f"depth step {step} is smaller than width*{dtype.itemsize} = {width * dtype.itemsize}")
+        buf = np.frombuffer(data, np.uint8)
+        if buf.size != step * height:
+            raise DepthError(f"depth data holds {buf.size} bytes, expected step*height = {step * height}")
+        values = buf.reshape(height, step)[:, : width * dtype.itemsize].view(dtype)
+        if dtype.isnative and values.flags.c_contiguous:
+            return values
+        if self._metres.shape != (height, width):
+            self._metres = np.empty((height, width), np.float32)
+        np.multiply(values, np.float32(spec[1]), out=self._metres, casting="unsafe")
+        return self._metres
+
+
+def gather_metres(depth: np.ndarray, index: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    """out = depth.flat[index] in metres, for float32 metres or uint16 millimetres (scratch: uint16 like out)."""
+    if depth.dtype == np.uint16:
+        np.take(depth.reshape(-1), index, out=scratch)
+        np.multiply(scratch, MM, out=out)
+    elif depth.dtype == np.float32:
+        np.take(depth.reshape(-1), index, out=out)
+    else:
+        raise DepthError(f"depth must be float32 metres or uint16 millimetres, got {depth.dtype}")
+
+
+def check_registered(camera_hw: tuple[int, int], depth_hw: tuple[int, int]) -> None:
+    """Refuse a depth image that is not the colour image's view at some resolution (1 % aspect tolerance)."""
+    sy, sx = depth_hw[0] / camera_hw[0], depth_hw[1] / camera_hw[1]
+    if abs(sy - sx) > 0.01 * max(sy, sx):
+        raise DepthError(f"depth image {depth_hw[1]}x{depth_hw[0]} has another aspect ratio than the "
+                         f"{camera_hw[1]}x{camera_hw[0]} colour image: it is not registered to it")
+
+
+class _Samples:
+    """Pixels of a label grid (every `stride`-th) with the depth pixel each reads and that depth pixel's ray.
+
+    The depth pixel is the one nearest the label pixel's centre; its ray (optical frame, z = 1) goes through its
+    own centre, so a correct depth gives an exact point wherever the label is right."""
+
+    def __init__(self, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
+                 labels_hw: tuple[int, int], depth_hw: tuple[int, int], stride: int) -> None:
+        check_registered(camera_hw, depth_hw)
+        (lh, lw), (dh, dw) = labels_hw, depth_hw
+        rows, cols = np.arange(0, lh, stride), np.arange(0, lw, stride)
+        self.shape = (rows.size, cols.size)
+        self.label_index = (rows[:, None] * lw + cols[None, :]).ravel().astype(np.intp)
+        self.label_row = np.repeat(rows, cols.size)
+        # label pixel centre -> nearest depth pixel (pixel centres at integer coordinates)
+        drow = np.clip(np.round((rows + 0.5) * dh / lh - 0.5), 0, dh - 1).astype(np.intp)
+        dcol = np.clip(np.round((cols + 0.5) * dw / lw - 0.5), 0, dw - 1).astype(np.intp)
+        self.depth_index = (drow[:, None] * dw + dcol[None, :]).ravel()
+        fx, fy, cx, cy = scaled_intrinsics(k, k_hw, depth_hw)  # of the depth image
+        ray_x = ((dcol - cx) / fx).astype(np.float32)
+        ray_y = ((drow - cy) / fy).astype(np.float32)
+        self.ray = np.stack([np.tile(ray_x, rows.size), np.repeat(ray_y, cols.size),
+                             np.ones(rows.size * cols.size, np.float32)])  # [3, n]
+
+    @property
+    def size(self) -> int:
+        return self.label_index.size
+
+
+class _DepthGeometry:
+    """What project_depth needs that depends only on (intrinsics, pose, sizes, grid), plus its reused buffers.
+
+    Samples are every `stride`-th label pixel, no denser than half a cell at the grid's far corner. Points are
+    computed straight in cell units of a grid with a one-cell border, so a point off the grid lands on the border
+    after a clip, and a sample that marks nothing is sent to the corner cell 0: marking needs no compaction."""
+
+    def __init__(self, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
+                 labels_hw: tuple[int, int], depth_hw: tuple[int, int], grid: GridSpec, pose: CameraPose,
+                 table_cells: np.ndarray, table_pixels: np.ndarray) -> None:
+        far = max(math.hypot(x - pose.x, y - pose.y) for x in (grid.origin_x, grid.origin_x + grid.size_x)
+                  for y in (grid.origin_y, grid.origin_y + grid.size_y))
+        focal_labels = k[0, 0] * labels_hw[1] / k_hw[1]  # label pixels per unit of tan(angle)
+        self.stride = max(1, int(0.5 * grid.resolution * focal_labels / max(far, grid.resolution)))
+        samples = self.samples = _Samples(k, k_hw, camera_hw, labels_hw, depth_hw, self.stride)
+        n = samples.size
+        self.allowed = samples.label_row < labels_hw[0] * (1 - grid.ignore_bottom)  # the hood rows never mark
+        dx, dy, dz = (rotation_grid_from_optical(pose) @ samples.ray).astype(np.float32)  # grid frame, per metre
+        self.width, self.height = grid.width + 2, grid.height + 2  # with the border
+        self.col_per_metre = dx / np.float32(grid.resolution)
+        self.row_per_metre = dy / np.float32(grid.resolution)
+        self.col_at_camera = np.float32((pose.x - grid.origin_x) / grid.resolution + 1)
+        self.row_at_camera = np.float32((pose.y - grid.origin_y) / grid.resolution + 1)
+        self.z_per_metre, self.camera_z = dz, np.float32(pose.height)
+        self.reach_per_metre = np.hypot(dx, dy)  # horizontal distance travelled per metre of depth
+        # polar table: bearing bins no narrower than a cell at the far corner and wide enough for a sample column
+        bin_width = max(grid.resolution / max(far, grid.resolution), 1.5 * self.stride / max(focal_labels, 1e-6))
+        self.bins = int(math.ceil(2 * math.pi / bin_width))
+        self.sample_bin = self._bin(np.arctan2(dy, dx))
+        # the nearest ground each bearing can show: rays that point down meet z = 0 at this horizontal range
+        down = (dz < -1e-6) & self.allowed
+        ground_reach = np.full(n, np.inf, np.float32)
+        ground_reach[down] = pose.height / -dz[down] * self.reach_per_metre[down]
+        near = np.full(self.bins, np.inf, np.float32)
+        np.minimum.at(near, self.sample_bin, ground_reach)
+        xs, ys = grid.cell_centres()
+        rel_x, rel_y = (xs - pose.x).ravel(), (ys - pose.y).ravel()
+        self.cell_bin = self._bin(np.arctan2(rel_y, rel_x))
+        self.cell_range = np.hypot(rel_x, rel_y).astype(np.float32)
+        self.cell_near = near[self.cell_bin]
+        # the flat-ground table's cells (bordered index) and the sample nearest each one's label pixel
+        rows, cols = np.divmod(table_pixels, labels_hw[1])
+        n_rows, n_cols = samples.shape
+        self.table_sample = (np.minimum(rows // self.stride, n_rows - 1) * n_cols
+                             + np.minimum(cols // self.stride, n_cols - 1)).astype(np.intp)
+        t_rows, t_cols = np.divmod(table_cells, grid.width)
+        self.table_cell = ((t_rows + 1) * self.width + t_cols + 1).astype(np.intp)
+        m, n_cells = table_cells.size, grid.height * grid.width
+        self.buffers = {**{name: np.empty(n, np.float32) for name in ("d", "z", "tmp", "reach")},
+                        **{name: np.empty(n, bool) for name in ("keep", "mark", "ground", "obstacle", "band")},
+                        "label": np.empty(n, np.uint8), "costs": np.empty(n, np.int8), "mm": np.empty(n, np.uint16),
+                        "col": np.empty(n, np.intp), "row": np.empty(n, np.intp), "cell": np.empty(n, np.intp),
+                        "farthest": np.empty(self.bins, np.float32), "cell_reach": np.empty(n_cells, np.float32),
+                        "seen": np.empty(n_cells, bool), "cell_mark": np.empty(n_cells, bool),
+                        "table_off": np.empty(m, bool), "table_label": np.empty(m, np.uint8),
+                        "table_costs": np.empty(m, np.int8), "table_marks": np.empty(m, np.intp)}
+
+    def _bin(self, angle: np.ndarray) -> np.ndarray:
+        return np.minimum(((angle + math.pi) * (self.bins / (2 * math.pi))).astype(np.intp), self.bins - 1)
+
+
+def _lut(table: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = table[values[i]] for uint8 values: OpenCV's LUT, no index conversion (np.take makes intp)."""
+    cv2.LUT(values, table, dst=out.view(np.uint8))
+
+
+class DepthProjector(GroundProjector):
+    """A GroundProjector that can also project with a registered depth image (`project_depth`) and build the
+    labelled point cloud (`points`). Depth layers live in their own reused buffers, keyed like `project`'s."""
+
+    def __init__(self, grid: GridSpec, pose: CameraPose, class_names: tuple[str, ...] | list[str],
+                 costs: dict[str, int], default_cost: int = 0, layers: tuple[str, ...] | list[str] = (),
+                 depth: DepthSpec = DepthSpec()) -> None:
+        super().__init__(grid, pose, class_names, costs, default_cost, layers)
+        unknown = sorted(set(depth.ground_classes) - set(class_names))
+        if unknown:
+            raise ValueError(f"unknown ground class(es) {unknown}; the model's classes are {list(class_names)}")
+        self.depth = depth
+        ground = [list(class_names).index(n) for n in depth.ground_classes]
+        self._ground_lut = np.zeros(256, np.uint8)
+        self._ground_lut[ground] = 1
+        self._obstacle_lut = np.zeros(256, np.uint8)
+        self._obstacle_lut[: len(class_names)] = 1
+        self._obstacle_lut[ground] = 0
+        self._cost_luts = {name: lut.view(np.uint8) for name, lut in self._luts.items()}
+        # the layers on a grid with a one-cell border that takes the points off the grid; views of the inside
+        self._depth_flat = {name: np.full((grid.height + 2) * (grid.width + 2), UNKNOWN, np.int8)
+                            for name in self._luts}
+        self._depth_grids = {name: flat.reshape(grid.height + 2, grid.width + 2)[1:-1, 1:-1]
+                             for name, flat in self._depth_flat.items()}
+        self._geometry_key: tuple | None = None
+        self._cloud_key: tuple | None = None
+        self.points_used = 0  # samples that marked a cell in the latest project_depth
+
+    # --- costmaps ------------------------------------------------------------------------------
+    def project_depth(self, labels: np.ndarray, camera_hw: tuple[int, int],
+                      depth: np.ndarray | None) -> dict[str, np.ndarray]:
+        """labels: uint8 [h, w] over the camera image of size camera_hw; depth: float32 metres or uint16
+        millimetres (DepthDecoder's output) registered to the colour image (any size of the same aspect ratio), or
+        None: every layer unknown for this frame.
+        Raises DepthError for a depth image that does not fit the colour image. The grids are views, valid
+        until the next call."""
+        intrinsics = self._intrinsics
+        if intrinsics is None:
+            return {}
+        self.points_used = 0
+        if depth is None:
+            for flat in self._depth_flat.values():
+                flat.fill(UNKNOWN)
+            return self._depth_grids
+        geo = self._ensure_geometry(intrinsics, tuple(camera_hw), labels.shape, depth.shape)
+        b, spec, samples = geo.buffers, self.depth, geo.samples
+        d, z, tmp, reach = b["d"], b["z"], b["tmp"], b["reach"]
+        keep, mark, ground, obstacle, band = b["keep"], b["mark"], b["ground"], b["obstacle"], b["band"]
+        gather_metres(depth, samples.depth_index, d, b["mm"])
+        with np.errstate(invalid="ignore"):
+            np.greater(d, 0, out=keep)  # NaN compares False
+            np.less(d, np.inf, out=mark)
+        keep &= mark
+        keep &= geo.allowed
+        np.logical_not(keep, out=mark)
+        np.copyto(d, 0, where=mark)  # no return: a harmless 0 from here on
+        # which samples mark: ground classes near z = 0, obstacle classes in the height band
+        label = b["label"]
+        np.take(labels.reshape(-1), samples.label_index, out=label)
+        np.multiply(d, geo.z_per_metre, out=z)
+        z += geo.camera_z
+        _lut(self._ground_lut, label, ground)
+        ground &= keep
+        np.abs(z, out=tmp)
+        np.less_equal(tmp, spec.min_obstacle_height, out=band)
+        ground &= band
+        _lut(self._obstacle_lut, label, obstacle)
+        np.greater(z, spec.min_obstacle_height, out=band)
+        obstacle &= band
+        np.less_equal(z, spec.max_obstacle_height, out=band)
+        obstacle &= band
+        np.logical_or(ground, obstacle, out=mark)
+        keep &= mark
+        # the cell of every point, on the bordered grid
+        col, row, cell = b["col"], b["row"], b["cell"]
+        for index, per_metre, at_camera, limit in ((col, geo.col_per_metre, geo.col_at_camera, geo.width),
+                                                    (row, geo.row_per_metre, geo.row_at_camera, geo.height)):
+            np.multiply(d, per_metre, out=tmp)
+            tmp += at_camera
+            np.floor(tmp, out=tmp)
+            np.clip(tmp, 0, limit - 1, out=tmp)
+            np.copyto(index, tmp, casting="unsafe")
+        np.multiply(d, geo.reach_per_metre, out=reach)
+        if self.grid.max_range > 0:
+            np.less_equal(reach, self.grid.max_range, out=mark)
+            keep &= mark
+        np.multiply(row, geo.width, out=cell)
+        cell += col
+        np.logical_not(keep, out=mark)
+        np.copyto(cell, 0, where=mark)
+        np.copyto(reach, 0, where=mark)
+        self.points_used = int(np.count_nonzero(keep))
+        # free space: per bearing, from the nearest visible ground out to the farthest kept point
+        farthest, seen = b["farthest"], b["seen"]
+        farthest.fill(0)
+        np.maximum.at(farthest, geo.sample_bin, reach)
+        np.take(farthest, geo.cell_bin, out=b["cell_reach"])
+        np.less_equal(geo.cell_range, b["cell_reach"], out=seen)
+        np.greater_equal(geo.cell_range, geo.cell_near, out=b["cell_mark"])
+        seen &= b["cell_mark"]
+        seen_grid = seen.reshape(self.grid.height, self.grid.width)
+        # Far away an image row spans several cells: each ground cell the image shows also takes the class of the
+        # sample the flat-ground table gives it, when that sample's point is ground near z = 0.
+        np.take(ground, geo.table_sample, out=b["table_off"])
+        np.logical_not(b["table_off"], out=b["table_off"])
+        np.take(label, geo.table_sample, out=b["table_label"])
+        np.copyto(b["table_marks"], geo.table_cell)
+        np.copyto(b["table_marks"], 0, where=b["table_off"])
+        costs, table_costs = b["costs"], b["table_costs"]
+        for name, lut in self._cost_luts.items():
+            flat = self._depth_flat[name]
+            flat.fill(UNKNOWN)
+            np.copyto(self._depth_grids[name], FREE, where=seen_grid)
+            _lut(lut, label, costs)
+            np.maximum.at(flat, cell, costs)
+            _lut(lut, b["table_label"], table_costs)
+            np.maximum.at(flat, b["table_marks"], table_costs)
+        return self._depth_grids
+
+    def _ensure_geometry(self, intrinsics, camera_hw, labels_hw, depth_hw) -> _DepthGeometry:
+        k, k_hw = intrinsics
+        self._ensure_table(intrinsics, labels_hw, camera_hw)  # the flat-ground table, cached by GroundProjector
+        key = (k.tobytes(), k_hw, camera_hw, labels_hw, depth_hw, self._pose)
+        if key != self._geometry_key:
+            self._geometry = _DepthGeometry(k, k_hw, camera_hw, labels_hw, depth_hw, self.grid, self._pose,
+                                            self._cells, self._pixels)
+            self._geometry_key = key
+        return self._geometry
+
+    # --- labelled point cloud ----------------------------------------------------------------------
+    def points(self, labels: np.ndarray, confidence: np.ndarray | None, camera_hw: tuple[int, int],
+               depth: np.ndarray, stride: int = 1, organized: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+        """Points of every `stride`-th pixel of `labels` in the camera's optical frame (x right, y down, z
+        forward) as a POINT_DTYPE array, and its (height, width): the decimated grid when `organized` (no return
+        = NaN), else (1, n) with only the points that have a return. Valid until the next call."""
+        intrinsics = self._intrinsics
+        if intrinsics is None:
+            raise DepthError("no intrinsics yet")
+        k, k_hw = intrinsics
+        key = (k.tobytes(), k_hw, tuple(camera_hw), labels.shape, depth.shape, stride)
+        if key != self._cloud_key:
+            self._cloud = _Samples(k, k_hw, tuple(camera_hw), labels.shape, depth.shape, stride)
+            n = self._cloud.size
+            self._cloud_buf = {"points": np.empty(n, POINT_DTYPE), "compact": np.empty(n, POINT_DTYPE),
+                               "valid": np.empty(n, bool), "other": np.empty(n, bool), "mm": np.empty(n, np.uint16)}
+            self._cloud_key = key
+        s, b = self._cloud, self._cloud_buf
+        pts, valid = b["points"], b["valid"]
+        z = pts["z"]
+        gather_metres(depth, s.depth_index, z, b["mm"])
+        with np.errstate(invalid="ignore"):
+            np.greater(z, 0, out=valid)
+            np.less(z, np.inf, out=b["other"])
+        valid &= b["other"]
+        np.logical_not(valid, out=b["other"])
+        np.copyto(z, np.nan, where=b["other"])
+        np.multiply(z, s.ray[0], out=pts["x"])
+        np.multiply(z, s.ray[1], out=pts["y"])
+        np.take(labels.reshape(-1), s.label_index, out=pts["label"])
+        if confidence is None:
+            pts["confidence"] = 255
+        else:
+            np.take(confidence.reshape(-1), s.label_index, out=pts["confidence"])
+        if organized:
+            return pts, s.shape
+        n = int(np.count_nonzero(valid))
+        compact = b["compact"][:n]
+        np.compress(valid, pts, out=compact)
+        return compact, (1, n)
+
