@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from seg_perception.cli import main
-from seg_perception.data.synthetic import render_drive
+from seg_perception.core.costmap import GridSpec
+from seg_perception.data.synthetic import Camera, render_drive
 from seg_perception.eval.bag_io import BagWriter, image_msg, write_drive_bag
 from seg_perception.eval.fleet import find_bags, slice_windows
 
@@ -31,8 +32,12 @@ TOPICS = ["--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_
 TASK_TITLE = b"ray::_evaluate_task"  # a Ray worker's process title while it runs a fleet task
 
 
-def _drive(root: Path, name: str, frames: int, seed: int, **kw) -> Path:
-    return write_drive_bag(root / name, render_drive(np.random.default_rng(seed), frames, H, W), **kw)
+def _drive(root: Path, name: str, frames: int, seed: int, topdown: bool = False, **kw) -> Path:
+    """A synthetic drive; topdown: with the true top-down map, so that eval bag scores its costmaps too."""
+    grid = GridSpec() if topdown else None
+    if topdown:
+        kw.update(camera_info=Camera.for_image(H, W).pinhole(), topdown_grid=grid)
+    return write_drive_bag(root / name, render_drive(np.random.default_rng(seed), frames, H, W, topdown=grid), **kw)
 
 
 def _frame_cut_short(path: Path) -> Path:
@@ -50,11 +55,11 @@ def _frame_cut_short(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> dict:
-    """root/ with day1/{a (sqlite3), b (mcap)}, day2/long (sqlite3, 6 frames over 2.5 s), and the bad ones:
-    day2/corrupt (mcap cut short), day2/cut_frame."""
+    """root/ with day1/{a (sqlite3, costmaps scored too), b (mcap)}, day2/long (sqlite3, 6 frames over 2.5 s,
+    costmaps scored too), and the bad ones: day2/corrupt (mcap cut short), day2/cut_frame."""
     root = tmp_path_factory.mktemp("fleet")
-    bags = [_drive(root, "day1/a", 3, 1), _drive(root, "day1/b", 3, 2, storage="mcap"),
-            _drive(root, "day2/long", 6, 3, rate_hz=2.0)]
+    bags = [_drive(root, "day1/a", 3, 1, topdown=True), _drive(root, "day1/b", 3, 2, storage="mcap"),
+            _drive(root, "day2/long", 6, 3, topdown=True, rate_hz=2.0)]
     corrupt = _drive(root, "day2/corrupt", 3, 4, storage="mcap")
     mcap = next(corrupt.glob("*.mcap"))
     mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])  # a recording cut off mid-write
@@ -91,8 +96,11 @@ def _check_fleet(out: Path, fleet: dict, reference: dict[Path, dict]) -> dict:
         got = json.loads((out / row["report"]).read_text())
         assert np.array_equal(got["confusion_matrix"], want["confusion_matrix"])
         assert got["source"] == want["source"] and row["miou"] == want["miou"]
+        assert got.get("costmap_iou") == want.get("costmap_iou")  # a and long have a top-down map, b none
     assert [r["miou"] for r in report["bags"][2:]] == sorted(r["miou"] for r in report["bags"][2:])
     assert "day2/corrupt" in (out / "report.md").read_text()
+    frames = report["costmap_iou"]["frames"]  # counts of a and long added up
+    assert frames == {mode: 3 + 6 for mode in ("flat_ground", "depth")}
     return report
 
 

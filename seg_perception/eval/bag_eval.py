@@ -33,6 +33,7 @@ from seg_perception.eval.bag_io import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IM
                                         BagWriter, grid_array, gt_dir_index, image_msg, mono8_array,
                                         occupancy_grid_msg, stamp_ns)
 from seg_perception.eval.cityscapes import read_ids
+from seg_perception.eval.costmap_metrics import CostmapIoU
 from seg_perception.eval.metrics import EvalStats, accumulate
 
 MASK_TOPIC, COLOR_TOPIC = "/semantic_mask", "/semantic_mask/color"  # seg_node's names in the root namespace
@@ -73,7 +74,7 @@ class BagEvalResult:
     unmatched_gt: int  # ground-truth stamps no image matched
     model_info: object
     matched_gt: frozenset[int]  # ground-truth stamps some image matched (slices of one bag add up by union)
-    costmap_iou: dict | None = None  # eval.costmap_metrics.CostmapIoU.report(), when the bag has a top-down map
+    costmap_iou: CostmapIoU | None = None  # counts (.report() scores them) when the bag has a top-down map
 
 
 def no_match_error(config: BagEvalConfig, frames: int, gt_stamps: int) -> EvalError:
@@ -225,7 +226,7 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
                 result = _run(config, reader, pipeline, outputs, image_type, info_topic, gt_stamps, gt_files,
                               n_frames, on_frame, scoring, topdown_topic)
                 if scoring is not None:
-                    result.costmap_iou = scoring.iou.report()
+                    result.costmap_iou = scoring.iou
                 return result
             finally:
                 if outputs is not None:
@@ -241,7 +242,6 @@ class _CostmapScoring:
 
     def __init__(self, projector, fused_lut: np.ndarray, class_names, depth_topic: str, tolerance_ns: int) -> None:
         from seg_perception.core.depth_costmap import DepthDecoder
-        from seg_perception.eval.costmap_metrics import CostmapIoU
 
         self.projector, self.depth_topic, self.tolerance_ns = projector, depth_topic, tolerance_ns
         self.iou = CostmapIoU(tuple(class_names), fused_lut)
@@ -377,8 +377,9 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
         else:
             waiting[gt_ns] = result.mask.copy()  # the pipeline reuses its buffers
     if config.window_ns is not None:
-        if waiting:
-            raise EvalError(f"'{config.bag}': the ground truth of {len(waiting)} frames is logged more than "
+        late = len(waiting) + (len(scoring.waiting) if scoring is not None else 0)
+        if late:
+            raise EvalError(f"'{config.bag}': the ground truth of {late} frames is logged more than "
                             f"{SLICE_MARGIN_NS / 1e9:g} s from them; evaluate this bag whole (no slices)")
     elif stats.num_images == 0:
         raise no_match_error(config, frames, len(gt_stamps))

@@ -60,15 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "stamp matches ground truth.")
     bag.add_argument("bag", type=Path, help="bag folder (metadata.yaml + .db3/.mcap)")
     _bag_arguments(bag)
-    bag.add_argument("--camera-info-topic", default="/camera/camera_info", help="intrinsics for --write-bag costmaps")
     bag.add_argument("--write-bag", type=Path, help="new bag with masks, colour masks and costmaps")
     bag.add_argument("--write-storage", default="mcap", choices=("sqlite3", "mcap"))
-    bag.add_argument("--params-file", type=Path,
-                     help="seg_node parameters YAML (camera pose, grid, cost table) for --write-bag costmaps")
-    bag.add_argument("--depth-topic", default="/camera/depth/image_raw",
-                     help="registered depth (16UC1/32FC1): scores depth-built costmaps beside flat-ground ones")
-    bag.add_argument("--topdown-topic", default="/camera/semantic_gt_topdown",
-                     help="true top-down map (OccupancyGrid of train ids): scores the costmaps when in the bag")
     bag.add_argument("--trace", type=Path, help="write the stage trace: .json (Chrome/Perfetto), .csv or .png")
     _model_arguments(bag, "inference threads (0 = backend default)")
 
@@ -92,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bag_arguments(p: argparse.ArgumentParser) -> None:
-    """What `eval bag` and `eval bags` share: topics, ground truth, model, stamp matching."""
+    """What `eval bag` and `eval bags` share: topics, ground truth, model, stamp matching, costmaps."""
     p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     gt = p.add_mutually_exclusive_group(required=True)
     gt.add_argument("--gt-topic", help="mono8 Image topic of train ids (255 = ignore)")
@@ -100,6 +93,13 @@ def _bag_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="ONNX file, TensorRT engine or zoo name (default: embedded model)")
     p.add_argument("--stamp-tolerance-ms", type=float, default=1.0,
                    help="largest image/ground-truth header stamp difference that still matches")
+    p.add_argument("--camera-info-topic", default="/camera/camera_info", help="intrinsics for costmaps")
+    p.add_argument("--params-file", type=Path,
+                   help="seg_node parameters YAML (camera pose, grid, cost table) for costmaps")
+    p.add_argument("--depth-topic", default="/camera/depth/image_raw",
+                   help="registered depth (16UC1/32FC1): scores depth-built costmaps beside flat-ground ones")
+    p.add_argument("--topdown-topic", default="/camera/semantic_gt_topdown",
+                   help="true top-down map (OccupancyGrid of train ids): scores the costmaps when in the bag")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,7 +180,7 @@ def _bag(args: argparse.Namespace) -> int:
 
         write_trace(result.tracer, args.trace, title=f"eval bag {args.bag}, model {result.model_info.name}")
     source = report_source(config, result.num_frames, result.unmatched_frames, result.unmatched_gt)
-    extra = {"costmap_iou": result.costmap_iou} if result.costmap_iou else None
+    extra = {"costmap_iou": result.costmap_iou.report()} if result.costmap_iou is not None else None
     report, scored = build_report(result.stats, result.tracer.durations_ms(), source,
                                   model_identity(args.model, result.model_info), extra)
     paths = write_report(report, scored, args.out)
@@ -196,7 +196,9 @@ def _bags(args: argparse.Namespace) -> int:
         raise EvalError("--workers and --slice-seconds must be >= 0")
     check_out_dir(args.out)  # before the run, not after hours of it
     config = BagEvalConfig(Path(), args.image_topic, args.gt_topic or "", args.gt_dir, args.model, args.backend,
-                           args.threads, args.stamp_tolerance_ms)
+                           args.threads, args.stamp_tolerance_ms, args.camera_info_topic,
+                           params_file=args.params_file, depth_topic=args.depth_topic,
+                           topdown_topic=args.topdown_topic)
     plans = plan_fleet(find_bags(args.paths), config, args.slice_seconds)
     bar = _progress(args, sum(p.frames for p in plans), "frame")
 

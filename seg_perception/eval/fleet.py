@@ -6,6 +6,7 @@ merge is exact and any split of the work gives the same numbers. Tasks run in th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -23,6 +24,7 @@ from seg_perception.core.trace import STAGES
 from seg_perception.eval import EvalError
 from seg_perception.eval.bag_eval import BagEvalConfig, evaluate_bag, no_match_error, report_source
 from seg_perception.eval.bag_io import IMAGE, IMAGE_TYPES, BagReader, gt_dir_index
+from seg_perception.eval.costmap_metrics import CostmapIoU
 from seg_perception.eval.metrics import EvalStats, Scores
 from seg_perception.eval.report import build_report, model_identity, write_report
 
@@ -116,6 +118,7 @@ class TaskResult:
     frames: int = 0
     unmatched_frames: int = 0
     matched_gt: frozenset[int] = frozenset()
+    costmap_iou: CostmapIoU | None = None  # counts, when the bag has a true top-down map
     seconds: float = 0.0
     error: str | None = None
 
@@ -128,7 +131,14 @@ def run_task(config: BagEvalConfig, task: FleetTask, backend: Backend) -> TaskRe
     except Exception as exc:  # a corrupt bag fails in many ways (rosbags, mcap, decoding): each is reported
         return TaskResult(task, seconds=time.perf_counter() - t0, error=_describe(exc))
     return TaskResult(task, r.stats, r.tracer.durations_ms(), r.num_frames, r.unmatched_frames, r.matched_gt,
-                      time.perf_counter() - t0)
+                      r.costmap_iou, time.perf_counter() - t0)
+
+
+def _merged(total: CostmapIoU | None, more: CostmapIoU | None) -> CostmapIoU | None:
+    """total plus more, where either may be None; total is a copy, never one of the results it adds."""
+    if more is None:
+        return total
+    return copy.deepcopy(more) if total is None else total.merge(more)
 
 
 @dataclass
@@ -141,6 +151,7 @@ class BagSummary:
     frames: int = 0
     unmatched_frames: int = 0
     matched_gt: set[int] = field(default_factory=set)
+    costmap_iou: CostmapIoU | None = None
     seconds: float = 0.0
     tasks_left: int = 0
     error: str | None = None
@@ -160,6 +171,7 @@ class BagSummary:
         self.frames += result.frames
         self.unmatched_frames += result.unmatched_frames
         self.matched_gt |= result.matched_gt
+        self.costmap_iou = _merged(self.costmap_iou, result.costmap_iou)
 
     def finish(self, config: BagEvalConfig) -> None:
         """After the last task: a bag whose slices scored nothing fails as `eval bag` fails it."""
@@ -223,14 +235,18 @@ def _bag_report(result: FleetResult, s: BagSummary) -> tuple[dict, Scores]:
     config = dataclasses.replace(result.config, bag=s.plan.path)
     durations = np.concatenate(s.durations) if s.durations else _NO_DURATIONS
     source = report_source(config, s.frames, s.unmatched_frames, s.plan.gt_count - len(s.matched_gt))
-    return build_report(s.stats, durations, source, result.model)
+    return build_report(s.stats, durations, source, result.model, _costmap_extra(s.costmap_iou))
+
+
+def _costmap_extra(costmap_iou: CostmapIoU | None) -> dict | None:
+    return {"costmap_iou": costmap_iou.report()} if costmap_iou is not None else None
 
 
 def fleet_reports(result: FleetResult) -> tuple[tuple[dict, Scores], dict[str, tuple[dict, Scores]]]:
     """The fleet report (totals over the bags that were scored, a row per bag, worst first) and, by file name,
     each scored bag's own report."""
     names = report_names([s.plan.path for s in result.bags])
-    per_bag, rows, total = {}, [], EvalStats()
+    per_bag, rows, total, costmap_iou = {}, [], EvalStats(), None
     for name, s in zip(names, result.bags):
         row = {"bag": str(s.plan.path), "error": s.error, "frames": s.frames, "tasks": len(s.plan.tasks),
                "task_seconds": s.seconds}
@@ -238,6 +254,7 @@ def fleet_reports(result: FleetResult) -> tuple[tuple[dict, Scores], dict[str, t
             per_bag[name] = _bag_report(result, s)
             report = per_bag[name][0]
             total.merge(s.stats)
+            costmap_iou = _merged(costmap_iou, s.costmap_iou)
             row.update(report=f"bags/{name}.json", miou=report["miou"], pixel_accuracy=report["pixel_accuracy"],
                        num_images=report["num_images"], **{k: report["source"][k]
                                                            for k in ("unmatched_frames", "unmatched_gt")})
@@ -250,7 +267,8 @@ def fleet_reports(result: FleetResult) -> tuple[tuple[dict, Scores], dict[str, t
               "num_bags": len(result.bags), "failed_bags": len(result.bags) - len(ok),
               "num_frames": sum(s.frames for s in ok), "tasks": sum(len(s.plan.tasks) for s in result.bags),
               "runner": result.runner}
-    return build_report(total, durations, source, result.model, extra={"bags": rows}), per_bag
+    extra = {"bags": rows, **(_costmap_extra(costmap_iou) or {})}
+    return build_report(total, durations, source, result.model, extra), per_bag
 
 
 def _bag_table(rows: list[dict]) -> str:
