@@ -33,7 +33,8 @@ EXTRAS = {
     "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
     # Fleet evaluation on Ray (`eval bags --workers N` / `--ray ADDRESS`); the single-process path needs none.
     "fleet": ["ray>=2.40"],
-    "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2", "colcon-common-extensions>=0.3",
+    # transformers: a segmentation model whose code nobody here wrote, for the `wrap` tests (uses the torch above).
+    "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2", "colcon-common-extensions>=0.3", "transformers>=4.40",
              # colcon builds vision_msgs' LabelInfo for the node tests (vision_msgs has no wheel)
              "ros-jazzy-ament-cmake", "ros-jazzy-ament-cmake-ros", "ros-jazzy-ament-package",
              "ros-jazzy-ament-cmake-include-directories", "ros-jazzy-ament-cmake-gtest", "ros-jazzy-ament-cmake-gmock",

@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("seg_perception.demo", "generate a drive, run seg_node on it over ROS 2, report mIoU and latency"),
     "zoo": ("seg_perception.models.zoo", "list registered models with params/GFLOPs against the papers"),
     "export": ("seg_perception.deploy.export", "export a zoo model to ONNX (uint8 NHWC in, labels/confidence out)"),
+    "wrap": ("seg_perception.deploy.wrap", "wrap a third-party segmentation ONNX graph into this package's "
+                                           "contract (uint8 RGB in, labels and confidence out)"),
+    "info": ("seg_perception.deploy.model_card", "print a model file's card: classes, input, preprocessing, "
+                                                 "outputs, sha256, TensorRT check"),
     "build-engine": ("seg_perception.deploy.build_engine", "build a TensorRT engine from an ONNX file"),
     "check-trt": ("seg_perception.deploy.trt_compat", "check an ONNX graph against TensorRT's ONNX parser"),
     "eval": ("seg_perception.eval.cli", "evaluate on Cityscapes or a rosbag"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_perception.deploy.export import parse_hw
+from seg_perception.deploy.export import add_classes_argument, add_trust_argument, parse_hw
 from seg_perception.eval.cityscapes import Sample, find_samples, read_ids, read_rgb
 from seg_perception.eval.metrics import LABEL_TO_TRAIN, EvalStats, accumulate, scores
 from seg_perception.labels import IGNORE_ID, IMAGENET_MEAN, IMAGENET_STD
@@ -42,6 +42,8 @@ class TrainConfig:
     input_size: tuple[int, int] = (512, 1024)  # validation and export resolution
     checkpoint: str = ""  # initial weights (official or ours) for fine-tuning
     resume: str = ""  # a last.pth to continue from
+    trust_checkpoint: bool = False  # unpickle checkpoint/resume files in full (runs code they hold)
+    classes: str = ""  # cityscapes, ade20k or a YAML file; '' = the builtin set of the model's size
     export: str = ""
     logits: bool = False
     threads: int = 0
@@ -115,11 +117,14 @@ def _dataset_cls():
     return CityscapesCrops
 
 
-def evaluate(model, samples: list[Sample], input_size: tuple[int, int]) -> float | None:
-    """mIoU of `model` on `samples`: images resized to input_size, logits resized back to the label size."""
+def evaluate(model, samples: list[Sample], input_size: tuple[int, int], num_classes: int | None = None) -> float | None:
+    """mIoU of `model` on `samples`: images resized to input_size, logits resized back to the label size.
+    Cityscapes train ids (num_classes None) are scored by the project's Cityscapes metrics; another class set's
+    ids by a plain confusion matrix (ids >= num_classes, such as 255, ignored)."""
     import torch
     import torch.nn.functional as F
     stats = EvalStats()
+    confusion = np.zeros((num_classes or 0, num_classes or 0), np.int64)
     model.eval()
     with torch.inference_mode():
         for s in samples:
@@ -128,9 +133,18 @@ def evaluate(model, samples: list[Sample], input_size: tuple[int, int]) -> float
             logits = model(_to_tensor(rgb)[None])
             logits = F.interpolate(logits, size=gt.shape, mode="bilinear", align_corners=False)
             pred = logits.argmax(1)[0].to(torch.uint8).numpy()
-            accumulate(stats, gt, pred, "trainIds", "trainIds")
+            if num_classes is None:
+                accumulate(stats, gt, pred, "trainIds", "trainIds")
+            else:
+                valid = gt < num_classes
+                confusion += np.bincount(gt[valid].astype(np.int64) * num_classes + pred[valid],
+                                         minlength=num_classes ** 2).reshape(num_classes, num_classes)
     model.train()
-    return scores(stats).miou
+    if num_classes is None:
+        return scores(stats).miou
+    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    present = union > 0
+    return float(np.mean(np.diag(confusion)[present] / union[present])) if present.any() else None
 
 
 def poly_lr(base: float, it: int, total: int, warmup: int, power: float = 1.0) -> float:
@@ -145,19 +159,27 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from seg_perception.models.checkpoint import load_checkpoint
-    from seg_perception.models.registry import build_model
+    from seg_perception.classes import ClassesError
+    from seg_perception.deploy.export import build_for_classes
+    from seg_perception.models.checkpoint import load_checkpoint, read_file
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     train_samples = find_samples(cfg.data, cfg.train_split)
     val_samples = find_samples(cfg.data, cfg.val_split) if cfg.val_split else []
-    model = build_model(cfg.model)
+
+    model, classes, _ = build_for_classes(cfg.model, _classes(cfg))
+    if classes.source != "cityscapes":  # labelIds map to Cityscapes train ids only
+        without = [x.key for x in train_samples + val_samples
+                   if not x.gt.with_name(x.key + TRAIN_IDS_SUFFIX).is_file()]
+        if without:
+            raise ClassesError(f"with --classes {classes.source}, labels are read as class ids from "
+                               f"*{TRAIN_IDS_SUFFIX}; {len(without)} samples have none (first: {without[0]})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.checkpoint:
-        print(load_checkpoint(model, cfg.checkpoint, strict=False).describe())
+        print(load_checkpoint(model, cfg.checkpoint, strict=False, trusted=cfg.trust_checkpoint).describe())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     dataset = _dataset_cls()(train_samples, cfg.crop, cfg.scale, cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size)
@@ -167,7 +189,7 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
 
     start_epoch, iteration, best = 0, 0, -1.0
     if cfg.resume:
-        state = torch.load(cfg.resume, map_location="cpu", weights_only=False)
+        state = read_file(Path(cfg.resume), cfg.trust_checkpoint)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, iteration, best = state["epoch"], state["iteration"], state["best_miou"]
@@ -195,7 +217,8 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
             if iteration >= total:
                 break
         bar.close()
-        miou = evaluate(model, val_samples, cfg.input_size) if val_samples else None
+        own = None if classes.source == "cityscapes" else len(classes)
+        miou = evaluate(model, val_samples, cfg.input_size, own) if val_samples else None
         result = EpochResult(epoch + 1, iteration, float(np.mean(losses)), miou, time.perf_counter() - t0)
         results.append(result)
         if miou is not None and miou > best:
@@ -210,19 +233,23 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
               f"val mIoU {shown}  ({result.seconds:.0f} s)", flush=True)
 
     if cfg.export:
-        export_best(cfg, model)
+        export_best(cfg, model, classes)
     return results
 
 
-def export_best(cfg: TrainConfig, model) -> Path:
-    """Export the best weights (or the last ones when nothing was validated) to cfg.export."""
-    import torch
+def _classes(cfg: TrainConfig):
+    from seg_perception.classes import load_classes
+    return load_classes(cfg.classes) if cfg.classes else None
 
+
+def export_best(cfg: TrainConfig, model, classes) -> Path:
+    """Export the best weights (or the last ones when nothing was validated) to cfg.export."""
     from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.models.checkpoint import read_file
     best = Path(cfg.out) / "best.pth"
     if best.is_file():
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
-    info = model_info_for(cfg.model, cfg.input_size, with_logits=cfg.logits)
+        model.load_state_dict(read_file(best)["state_dict"])
+    info = model_info_for(cfg.model, cfg.input_size, classes, with_logits=cfg.logits)
     path = export_onnx(model, info, cfg.export, with_logits=cfg.logits)
     print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB, input {cfg.input_size[0]}x{cfg.input_size[1]})")
     return path
@@ -250,6 +277,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=parse_hw, default=d.input_size, help="HxW for validation and export")
     p.add_argument("--checkpoint", default="", help="initial weights, e.g. an official checkpoint to fine-tune")
     p.add_argument("--resume", default="", help="continue from a last.pth")
+    add_classes_argument(p)
+    add_trust_argument(p)
     p.add_argument("--export", default="", help="write the best weights as ONNX to this path at the end")
     p.add_argument("--logits", action="store_true", help="exported graph also outputs logits")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
@@ -259,7 +288,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     fields = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     results = train(cfg)
     scored = [r.miou for r in results if r.miou is not None]
     if scored:

@@ -167,6 +167,9 @@ def test_declare_reads_overrides_and_rejects_bad_values(ros_env):
     (dict(providers="gpu"), "providers"),
     (dict(model="m.engine", device="cpu"), "device"),
     (dict(model="m.onnx", backend="torch"), "backend"),
+    (dict(model="metaseg-t:ckpt.pth", trust_checkpoint=True),
+     dict(device="auto", precision="fp32", cuda_graphs=False, trusted=True)),
+    (dict(trust_checkpoint=True), "trust_checkpoint"),  # an ONNX file holds no pickle to trust
 ])
 def test_backend_options_follow_the_backend_that_runs_the_model(ros_env, overrides, options):
     rclpy = pytest.importorskip("rclpy")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ torch = pytest.importorskip("torch", reason="training needs the [models] extra (
 from seg_perception.data.synthetic import write_cityscapes  # noqa: E402
 from seg_perception.eval.cityscapes import find_samples  # noqa: E402
 from seg_perception.labels import IGNORE_ID  # noqa: E402
+from seg_perception.models.checkpoint import CheckpointError  # noqa: E402
 from seg_perception.train import TrainConfig, augment, poly_lr, train, train_ids_of  # noqa: E402
 
 
@@ -85,6 +87,23 @@ def test_checkpoint_resume_continues_where_it_stopped(data, tmp_path):
     assert [e["epoch"] for e in log] == [1, 2]
 
 
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling creates the marker file
+        return builtins.open, (self.marker, "w")
+
+
+def test_resume_refuses_a_file_carrying_code(data, tmp_path):
+    marker = tmp_path / "payload_ran"
+    torch.save({"model": {}, "optimizer": {}, "epoch": 1, "iteration": 2, "best_miou": 0.0,
+                "hook": _Payload(marker)}, tmp_path / "last.pth")
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        train(_cfg(data, tmp_path / "run", resume=str(tmp_path / "last.pth")))
+    assert not marker.exists()
+
+
 def test_cli_trains_reports_miou_and_exports_onnx(data, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     onnx_path = tmp_path / "model.onnx"
@@ -99,3 +118,31 @@ def test_cli_trains_reports_miou_and_exports_onnx(data, tmp_path):
     assert labels.shape == confidence.shape == (1, 64, 128) and labels.dtype == np.uint8 and labels.max() < 19
     meta = session.get_modelmeta().custom_metadata_map
     assert any("metaseg-t" in v for v in meta.values())
+
+
+def test_own_classes_train_and_reach_the_exported_card(data, tmp_path):
+    """Three classes of our own: labels are class ids in the labelTrainIds PNGs (here the synthetic ids mod 3)."""
+    import cv2
+
+    from seg_perception.backends.onnxruntime_backend import read_model_info
+    from seg_perception.classes import ClassesError
+
+    own = tmp_path / "own"
+    for src in data.rglob("*.png"):
+        dst = own / src.relative_to(data)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.name.endswith("_gtFine_labelTrainIds.png"):
+            ids = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(dst), np.where(ids == IGNORE_ID, IGNORE_ID, ids % 3).astype(np.uint8))
+        else:
+            dst.write_bytes(src.read_bytes())
+    classes = tmp_path / "classes.yaml"
+    classes.write_text("- {id: 0, name: floor, color: [1, 2, 3]}\n- {id: 1, name: wall, color: [4, 5, 6]}\n"
+                       "- {id: 2, name: person, color: [7, 8, 9]}\n")
+    results = train(_cfg(own, tmp_path / "run", epochs=1, classes=str(classes), export=str(tmp_path / "own.onnx")))
+    assert results[0].miou is not None and 0.0 <= results[0].miou <= 1.0
+    info = read_model_info(tmp_path / "own.onnx")
+    assert info.class_names == ("floor", "wall", "person") and info.palette[2] == (7, 8, 9)
+    with pytest.raises(ClassesError, match="labelTrainIds"):  # Cityscapes labelIds cannot stand for own classes
+        (next(own.rglob("*_gtFine_labelTrainIds.png"))).unlink()
+        train(_cfg(own, tmp_path / "run2", epochs=1, classes=str(classes)))

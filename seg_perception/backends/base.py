@@ -63,7 +63,8 @@ class ModelInfo:
                 value = tuple(tuple(c) for c in value)
             kwargs[name] = value
         if "input_size" not in kwargs:
-            raise ValueError("model metadata lacks seg_perception.input_size: was it exported by seg-perception export?")
+            raise ValueError("model metadata lacks seg_perception.input_size: was it written by seg-perception export "
+                             "or wrap? (a third-party graph: seg-perception wrap)")
         return cls(**kwargs)
 
 

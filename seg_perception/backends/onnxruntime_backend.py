@@ -135,7 +135,8 @@ class OnnxRuntimeBackend(Backend):
             if name not in outputs or outputs[name].type != "tensor(uint8)":
                 problems.append(f"needs a uint8 output '{name}'")
         if problems:
-            raise BackendError(f"{self.path} is not a seg-perception export: " + "; ".join(problems))
+            raise BackendError(f"{self.path} is not a seg-perception export: " + "; ".join(problems)
+                               + " (a third-party graph: seg-perception wrap)")
 
     def _output_shape(self, name: str, declared: list, h: int, w: int) -> tuple[int, ...]:
         """The contract's shape for output `name`, checked against the dimensions the file fixes."""

@@ -107,21 +107,22 @@ class TorchBackend(Backend):
 
     @classmethod
     def from_zoo(cls, spec: str, device: str = "cpu", precision: str = "fp32", cuda_graphs: bool = False,
-                 input_size: tuple[int, int] = (512, 1024), threads: int = 0) -> "TorchBackend":
-        """spec: zoo name, optionally ':checkpoint' (random weights without one)."""
-        from seg_perception.deploy.export import model_info_for
-        from seg_perception.models.registry import build_model
+                 input_size: tuple[int, int] = (512, 1024), threads: int = 0,
+                 trusted: bool = False) -> "TorchBackend":
+        """spec: zoo name, optionally ':checkpoint' (random weights without one); `trusted` lets a checkpoint
+        holding more than arrays and plain data be unpickled in full."""
+        from seg_perception.deploy.export import build_for_classes, model_info_for
+        from seg_perception.models.checkpoint import CheckpointError
 
         torch_device(device, precision, cuda_graphs)  # a wrong option fails before the model is built
         name, checkpoint = parse_spec(spec)
         try:
-            model = build_model(name)
+            model, classes, _ = build_for_classes(name, checkpoint=checkpoint, trusted=trusted)
         except KeyError as exc:
             raise BackendError(str(exc.args[0])) from None
-        if checkpoint:
-            from seg_perception.models.checkpoint import load_checkpoint
-            load_checkpoint(model, checkpoint)
-        return cls(model, model_info_for(name, tuple(input_size), with_logits=True), device, precision,
+        except CheckpointError as exc:
+            raise BackendError(str(exc)) from None
+        return cls(model, model_info_for(name, tuple(input_size), classes, with_logits=True), device, precision,
                    cuda_graphs, threads)
 
     @contextlib.contextmanager

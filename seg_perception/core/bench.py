@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--frames must be >= 1 and --warmup >= 0")
     if not args.model and not DEFAULT_MODEL.is_file():
         return _fail(f"no --model given and the embedded default model {DEFAULT_MODEL} is not there; "
-                     f"pass --model FILE.onnx (make one with `seg-perception export metaseg-t --out FILE.onnx`)")
+                     "pass --model FILE.onnx (make one with `seg-perception export metaseg-t --random-weights "
+                     "--out FILE.onnx`)")
     try:
         backend = open_backend(args.model, args.backend, **({"threads": args.threads} if args.threads else {}))
     except (BackendError, ValueError) as exc:

@@ -111,23 +111,15 @@ def deploy_wrapper(model, info: ModelInfo, with_logits: bool, dynamic: bool = Fa
     return DeployWrapper(model.eval(), info.mean, info.std, with_logits, dynamic).eval()
 
 
-def model_info_for(name: str, input_size: tuple[int, int], class_names=None, palette=None,
-                   with_logits: bool = False) -> ModelInfo:
-    from seg_perception.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+def model_info_for(name: str, input_size: tuple[int, int], classes=None, with_logits: bool = False) -> ModelInfo:
+    """The model card of zoo model `name` predicting `classes` (a ClassSet; default: the builtin set of the
+    variant's size, Cityscapes for 19 and ADE20K for 150)."""
+    from seg_perception.classes import default_for
     from seg_perception.models.registry import get_variant
     v = get_variant(name)
-    info = ModelInfo(name=name, variant=v.family, input_size=tuple(input_size), has_logits=with_logits)
-    if class_names is not None:
-        info.class_names = tuple(class_names)
-    if palette is not None:
-        info.palette = tuple(tuple(c) for c in palette)
-    if v.num_classes != len(CITYSCAPES_CLASSES) and class_names is None:
-        info.class_names = tuple(f"class_{i}" for i in range(v.num_classes))
-        info.palette = tuple(tuple(int(c) for c in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256))
-                             for i in range(v.num_classes))
-    elif palette is None:
-        info.palette = CITYSCAPES_PALETTE[: info.num_classes]
-    return info
+    classes = classes or default_for(v.num_classes)
+    return ModelInfo(name=name, variant=v.family, input_size=tuple(input_size), class_names=classes.names,
+                     palette=classes.palette, has_logits=with_logits)
 
 
 def export_onnx(model, info: ModelInfo, out: str | Path, with_logits: bool = False, dynamic: bool = False,
@@ -166,20 +158,48 @@ def export_onnx(model, info: ModelInfo, out: str | Path, with_logits: bool = Fal
     return out
 
 
+def build_for_classes(name: str, classes=None, checkpoint: str | None = None, trusted: bool = False):
+    """Zoo model `name` with a head for `classes` (default: the variant's builtin set), loaded from `checkpoint`
+    when given. Returns (model, classes, load report or None); a checkpoint whose head predicts another number
+    of classes is an error that says so."""
+    from seg_perception.classes import default_for
+    from seg_perception.models.registry import build_model, get_variant
+
+    classes = classes or default_for(get_variant(name).num_classes)
+    model = build_model(name, num_classes=len(classes))
+    if not checkpoint:
+        return model, classes, None
+    from seg_perception.models.checkpoint import CheckpointError, load_checkpoint
+    try:
+        return model, classes, load_checkpoint(model, checkpoint, trusted=trusted)
+    except CheckpointError as exc:
+        # A head sized for other classes shows as mismatches whose first dimension is the class count
+        # (Mask2Former's class_embed has one more: "no object").
+        k = len(classes)
+        mismatched = exc.report.mismatched if exc.report is not None else []
+        found = {file[0] - (own[0] - k) for _, own, file in mismatched
+                 if own and own[0] in (k, k + 1) and own[1:] == file[1:]}
+        if found:
+            raise CheckpointError(f"{checkpoint} predicts {sorted(found)[0]} classes but --classes "
+                                  f"{classes.source} has {k}: pass the checkpoint's own classes "
+                                  f"(--classes ade20k, cityscapes or a YAML file)") from None
+        raise
+
+
 def export_zoo(name: str, input_size: tuple[int, int], out: str | Path, checkpoint: str | None = None,
-               with_logits: bool = False, dynamic: bool = False, opset: int = OPSET) -> Path:
+               with_logits: bool = False, dynamic: bool = False, opset: int = OPSET, classes=None,
+               trusted: bool = False) -> Path:
     """Build zoo model `name` (random weights unless `checkpoint`) and export it: the CLI's whole job."""
-    from seg_perception.models.registry import DYNAMIC_FAMILIES, build_model, get_variant
+    from seg_perception.models.registry import DYNAMIC_FAMILIES, get_variant
 
     family = get_variant(name).family
     if dynamic and family not in DYNAMIC_FAMILIES:
         raise OptionError(f"--dynamic is not supported for {name}: a {family} graph fixes size-dependent tables "
                          f"when exported; export one file per input size (supported: {sorted(DYNAMIC_FAMILIES)})")
-    model = build_model(name)
-    if checkpoint:
-        from seg_perception.models.checkpoint import load_checkpoint
-        load_checkpoint(model, checkpoint)
-    info = model_info_for(name, input_size, with_logits=with_logits)
+    model, classes, report = build_for_classes(name, classes, checkpoint, trusted)
+    if report is not None:
+        print(f"loaded {checkpoint}: " + report.describe().replace("\n", "; "))
+    info = model_info_for(name, input_size, classes, with_logits=with_logits)
     return export_onnx(model, info, out, with_logits=with_logits, dynamic=dynamic, opset=opset)
 
 
@@ -193,9 +213,25 @@ def parse_hw(text: str) -> tuple[int, int]:
     return h, w
 
 
+def add_classes_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classes", default=None, metavar="SET",
+                   help="the classes the model predicts: cityscapes (19 train ids), ade20k (150), or a YAML file "
+                        "of entries {id, name, color}; default: the builtin set of the model's size")
+
+
+def add_trust_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle checkpoints in full, running any code they hold; only for files you trust "
+                        "(by default only arrays and plain data are read)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="zoo name (see `seg-perception zoo`)")
-    p.add_argument("--checkpoint", help="official or seg-perception checkpoint (.pth)")
+    p.add_argument("--checkpoint", help="official (mmseg .pth, detectron2 .pkl) or seg-perception checkpoint")
+    p.add_argument("--random-weights", action="store_true",
+                   help="export without a checkpoint, with random weights (for tests and timing only)")
+    add_classes_argument(p)
+    add_trust_argument(p)
     p.add_argument("--input-size", type=parse_hw, default=(512, 1024), help="HxW of the graph input")
     p.add_argument("--out", required=True, help="output .onnx path, e.g. engines/metaseg-t_512x1024.onnx")
     p.add_argument("--dynamic", action="store_true", help="dynamic height/width axes")
@@ -206,8 +242,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from seg_perception.classes import load_classes
+    from seg_perception.models.registry import get_variant
+
+    get_variant(args.model)  # an unknown name first: no other answer helps before it is fixed
+    if args.checkpoint and args.random_weights:
+        raise OptionError("--checkpoint and --random-weights exclude each other")
+    if not args.checkpoint and not args.random_weights:
+        raise OptionError("no weights: pass --checkpoint FILE (official or seg-perception), or --random-weights "
+                          "for a graph with random weights (tests and timing only)")
+    classes = load_classes(args.classes) if args.classes else None
     path = export_zoo(args.model, args.input_size, args.out, checkpoint=args.checkpoint, with_logits=args.logits,
-                      dynamic=args.dynamic, opset=args.opset)
+                      dynamic=args.dynamic, opset=args.opset, classes=classes, trusted=args.trust_checkpoint)
     print(f"wrote {path} (opset {args.opset}, input {args.input_size[0]}x{args.input_size[1]})")
     if args.check_trt:
         from seg_perception.deploy.trt_compat import check_onnx

@@ -2,7 +2,15 @@
 cityscapesscripts', reports as JSON, Markdown and a confusion-matrix PNG."""
 
 from seg_perception.errors import UsageError
+from seg_perception.labels import CITYSCAPES_CLASSES
 
 
 class EvalError(UsageError, RuntimeError):
     """Input that cannot be evaluated (missing folder, unmatched files, a bag without the topic); names it."""
+
+
+def require_cityscapes_classes(info) -> None:
+    """Ground truth and scores here are Cityscapes train ids: a model card with other classes cannot be scored."""
+    if tuple(info.class_names) != CITYSCAPES_CLASSES:
+        raise EvalError(f"model '{info.name}' predicts its own {info.num_classes} classes "
+                        f"({', '.join(info.class_names[:4])}, ...); evaluation scores Cityscapes' 19 train ids")

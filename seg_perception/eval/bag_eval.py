@@ -28,7 +28,7 @@ import numpy as np
 from seg_perception.backends import Backend, open_backend
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.core.trace import Tracer
-from seg_perception.eval import EvalError
+from seg_perception.eval import EvalError, require_cityscapes_classes
 from seg_perception.eval.bag_io import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, OCCUPANCY_GRID, BagReader,
                                         BagWriter, grid_array, gt_dir_index, image_msg, mono8_array,
                                         occupancy_grid_msg, stamp_ns)
@@ -215,6 +215,7 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
             backend = open_backend(config.model, config.backend, **({"threads": config.threads} if config.threads
                                                                     else {}))
         try:
+            require_cityscapes_classes(backend.info)
             projector, fused_lut = (_projector(config, backend.info.class_names)
                                     if (config.write_bag or topdown_topic) and info_topic else (None, None))
             tracer = Tracer(capacity=n_frames)

@@ -2,14 +2,22 @@
 
 Module names mirror the official ones, so loading is a key-for-key copy after unwrapping the container:
 mmseg `{'state_dict': ...}`, detectron2 `{'model': ...}` (numpy arrays in a pickle), plain state dicts, and
-DataParallel `module.` prefixes. Every difference is reported by name; `strict` turns any into an error.
+DataParallel `module.` prefixes. Keys that only training uses (a segmentor's `training_only_prefixes`, e.g.
+detectron2's `criterion.*`) are skipped and listed; every other difference is reported by name, and `strict`
+turns any into an error.
+
+Files are read without running code: `.pth` through `torch.load(weights_only=True)`, `.pkl` through an
+unpickler that admits only numpy arrays, plain containers and numbers. Anything else is refused unless the
+caller passes `trusted=True` (the CLI's `--trust-checkpoint`, seg_node's `trust_checkpoint`).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +35,21 @@ NESTING_KEYS = ("state_dict", "model", "state_dict_ema")
 # Model keys a checkpoint may lack without harm: mmseg's unused `conv_seg` (absent from re-saved or converted
 # files) and BN step counters (absent from pre-1.0 PyTorch files; unused in eval).
 OPTIONAL_KEY_SUFFIXES = ("conv_seg.weight", "conv_seg.bias", "num_batches_tracked")
+TRUST_HINT = ("if you trust the file, pass --trust-checkpoint (seg_node: trust_checkpoint:=true) to unpickle it "
+              "in full, which runs any code it holds")
+# The only globals a weights pickle needs: numpy's array, scalar and dtype constructors (module, name).
+_NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                  ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
 
 
 class CheckpointError(UsageError, RuntimeError):
-    """A checkpoint that is missing, unreadable or does not fit the model; the message says which."""
+    """A checkpoint that is missing, unreadable, refused or does not fit the model; the message says which."""
+
+    def __init__(self, message: str, report: "LoadReport | None" = None) -> None:
+        super().__init__(message)
+        self.report = report  # what did not match, when the file was read but does not fit the model
 
 
 @dataclass
@@ -40,6 +59,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, model shape, file shape)
     optional_missing: list[str] = field(default_factory=list)  # missing but harmless (OPTIONAL_KEY_SUFFIXES)
+    skipped: list[str] = field(default_factory=list)  # training-only keys in the file (criterion.*, ...)
 
     @property
     def ok(self) -> bool:
@@ -58,12 +78,14 @@ class LoadReport:
             lines.append(part("shape mismatch (key, model, file)", self.mismatched))
         if self.optional_missing:
             lines.append(part("absent but optional", self.optional_missing))
+        if self.skipped:
+            lines.append(part("skipped, used only in training", self.skipped))
         return "\n".join(lines)
 
 
-def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
+def read_state_dict(source: str | Path | Mapping, trusted: bool = False) -> dict[str, torch.Tensor]:
     """The flat tensor dict inside an official checkpoint file or container dict."""
-    obj = _read_file(Path(source)) if isinstance(source, (str, Path)) else source
+    obj = read_file(Path(source), trusted) if isinstance(source, (str, Path)) else source
     for key in NESTING_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -83,26 +105,76 @@ def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
     return out
 
 
-def _read_file(path: Path):
+def _admitted_global(module: str, name: str):
+    """The numpy constructor a weights pickle may name, or None for anything else."""
+    if module in ("numpy.dtypes", "numpy") and name.endswith("DType"):  # numpy 2's dtype classes
+        module = "numpy.dtypes"
+    elif (module, name) not in _NUMPY_GLOBALS:
+        return None
+    # numpy 2 moved numpy.core to numpy._core; files written by either name the one their numpy had.
+    for candidate in (module.replace("numpy.core", "numpy._core"), module):
+        try:
+            return getattr(importlib.import_module(candidate), name)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Admits numpy arrays, plain containers and numbers; any other global (a class, a function such as
+    os.system) is refused before it is looked up, so nothing in the file runs."""
+
+    def find_class(self, module: str, name: str):
+        found = _admitted_global(module, name)
+        if found is None:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not an array or plain data")
+        return found
+
+
+def _safe_globals() -> list:
+    """What torch's weights_only loader must also admit for numpy arrays (mmcv puts them in `meta`)."""
+    dtypes = importlib.import_module("numpy.dtypes")
+    found = [_admitted_global(m, n) for m, n in _NUMPY_GLOBALS]
+    return [g for g in found if g is not None] + [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+
+
+def read_file(path: Path, trusted: bool = False):
+    """The object in a checkpoint file, unpickled without running code unless `trusted`."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".pkl":
-        # detectron2 model zoo: a pickle of numpy arrays (written by Python 2 for the oldest files)
-        with path.open("rb") as f:
-            return pickle.load(f, encoding="latin1")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # mmcv puts non-tensor objects in `meta`; opening those needs full unpickling, so only trusted files.
-        log.warning("%s needs full unpickling (mmcv metadata); loading it as a trusted file", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        if path.suffix == ".pkl":
+            # detectron2 model zoo: a pickle of numpy arrays (written by Python 2 for the oldest files)
+            with path.open("rb") as f:
+                if trusted:
+                    return pickle.load(f, encoding="latin1")
+                return _WeightsUnpickler(f, encoding="latin1").load()
+        if trusted:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if trusted:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        # torch's message is a page of advice; the offending global is the part worth one line
+        found = re.search(r"(?:GLOBAL |global ')([\w.]+)", str(exc))
+        if not found:  # no object refused: the bytes are not a pickle we can read
+            raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch or pickle file") from None
+        raise CheckpointError(f"refused to load {path}: it holds more than arrays and plain data (global "
+                              f"'{found.group(1)}'); {TRUST_HINT}") from None
+    except (EOFError, RuntimeError, ValueError) as exc:  # truncated or not a checkpoint at all
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 
-def load_checkpoint(model: nn.Module, source: str | Path | Mapping, strict: bool = True) -> LoadReport:
-    """Copy matching tensors from `source` into `model`; with `strict`, raise listing every difference."""
-    ckpt = read_state_dict(source)
+def load_checkpoint(model: nn.Module, source: str | Path | Mapping, strict: bool = True,
+                    trusted: bool = False) -> LoadReport:
+    """Copy matching tensors from `source` into `model`; with `strict`, raise listing every difference.
+    `trusted` allows full unpickling of a file holding more than arrays and plain data."""
+    ckpt = read_state_dict(source, trusted)
     own = model.state_dict()
     report = LoadReport()
+    training_only = tuple(getattr(model, "training_only_prefixes", ()))
+    report.skipped = [k for k in ckpt if k not in own and k.startswith(training_only)]
     to_load = {}
     for name, target in own.items():
         if name not in ckpt:
@@ -111,10 +183,10 @@ def load_checkpoint(model: nn.Module, source: str | Path | Mapping, strict: bool
             report.mismatched.append((name, tuple(target.shape), tuple(ckpt[name].shape)))
         else:
             to_load[name] = ckpt[name]
-    report.unexpected = [k for k in ckpt if k not in own]
+    report.unexpected = [k for k in ckpt if k not in own and not k.startswith(training_only)]
     report.loaded = list(to_load)
     if strict and not report.ok:
-        raise CheckpointError("checkpoint does not match the model (nothing loaded):\n" + report.describe())
+        raise CheckpointError("checkpoint does not match the model (nothing loaded):\n" + report.describe(), report)
     model.load_state_dict(to_load, strict=False)
     return report
 

@@ -398,6 +398,8 @@ class Mask2Former(nn.Module):
     """Segmentor: forward(float NCHW normalised) -> B x K x H x W semantic scores (not logits)."""
 
     outputs_probabilities = True  # the deploy wrapper takes the top score as confidence, no softmax
+    # detectron2 training checkpoints carry the loss's class weights (SetCriterion's `empty_weight` buffer).
+    training_only_prefixes = ("criterion.",)
 
     def __init__(self, backbone: nn.Module, sem_seg_head: nn.Module, upsample_masks_first: bool = False) -> None:
         super().__init__()

@@ -9,6 +9,8 @@ from torch import nn
 class EncoderDecoder(nn.Module):
     # The deploy wrapper applies softmax to these outputs (Mask2Former's head emits probabilities instead).
     outputs_probabilities = False
+    # Official training checkpoints may carry mmseg's auxiliary head, a second head that only adds a loss.
+    training_only_prefixes = ("auxiliary_head.",)
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module) -> None:
         super().__init__()

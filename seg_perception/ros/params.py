@@ -42,6 +42,8 @@ class Spec:
 # Camera pose parameters may be tuned live (e.g. while calibrating the pitch against a known floor).
 PARAMETERS: dict[str, Spec] = {
     "model": Spec("", "ONNX file, TensorRT engine (.engine/.plan) or zoo name; empty = the embedded default model"),
+    "trust_checkpoint": Spec(False, "with model 'zoo-name:checkpoint', unpickle a checkpoint that holds more than "
+                                    "arrays and plain data, running any code it holds; only for files you trust"),
     "backend": Spec("auto", "inference backend", choices=BACKENDS),
     "device": Spec("auto", "where inference runs: auto (the GPU when the backend has one: torch's CUDA, ONNX "
                            "Runtime's TensorRT/CUDA providers; else the CPU), cpu, cuda or cuda:N (an error when "
@@ -136,6 +138,7 @@ PARAMETERS: dict[str, Spec] = {
 @dataclass
 class NodeParams:
     model: str
+    trust_checkpoint: bool
     backend: str
     device: str
     precision: str
@@ -201,13 +204,16 @@ class NodeParams:
         except ValueError as exc:
             raise ParameterError("backend", str(exc)) from None
         unused = {"precision": (self.precision != "fp32", "torch"), "cuda_graphs": (self.cuda_graphs, "torch"),
-                  "providers": (bool(self.providers), "onnxruntime")}
+                  "providers": (bool(self.providers), "onnxruntime"),
+                  "trust_checkpoint": (self.trust_checkpoint, "torch")}  # only zoo-name:checkpoint reads pickles
         for name, (is_set, owner) in unused.items():
             if is_set and kind != owner:
                 raise ParameterError(name, f"applies to the {owner} backend only; this model runs on {kind}")
         options = {"threads": self.threads} if self.threads else {}
         if kind == "torch":
             options.update(device=self.device, precision=self.precision, cuda_graphs=self.cuda_graphs)
+            if self.trust_checkpoint:
+                options["trusted"] = True
         elif kind == "onnxruntime":
             options.update(device=self.device, providers=self.providers)
         else:
