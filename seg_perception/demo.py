@@ -8,6 +8,9 @@
    costmaps beside flat-ground ones (the same core projector on the received masks) against the true map;
 5. stop the node (it writes its stage trace), print mIoU, costmap IoU and per-stage latency, write everything to
    --out.
+
+--out must be new, empty, or a folder an earlier demo wrote: the demo replaces only the files it recorded making
+there (output_files.prepare_folder), never anything else a user keeps in it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,11 +34,16 @@ from seg_perception.deploy.export import parse_hw
 from seg_perception.errors import UsageError
 from seg_perception.pictures import (CameraView, GridGeometry, draw_costmap, draw_overlay, draw_topdown_classes,
                                      new_figure, save_figure, stamp_text, write_costmap_png, write_overlay_png)
+from seg_perception.output_files import prepare_folder, record_made
 
 IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/camera_info", "/camera/semantic_gt"
 DEPTH_TOPIC, TOPDOWN_TOPIC = "/camera/depth/image_raw", "/camera/semantic_gt_topdown"
 MASK_TOPIC, OVERLAY_TOPIC = "/semantic_mask", "/semantic_mask/overlay"
 PACKAGE = "seg_perception"
+TOOL = "seg-perception demo"
+# What a run writes into --out besides overlay_*.png (recorded before they exist, so a failed run is cleared too).
+OUTPUTS = ("drive_bag", "seg_node.log", "replay.log", "trace.json", "report.json", "report.md",
+           "report_confusion.png", "costmap.png", "overview.png")
 
 
 @dataclass
@@ -91,8 +98,6 @@ def write_drive(cfg: DemoConfig, bag: Path) -> Path:
     from seg_perception.data.synthetic import Camera, render_drive
     from seg_perception.eval.bag_io import write_drive_bag
 
-    if bag.exists():  # the previous run's drive
-        shutil.rmtree(bag)
     h, w = cfg.size
     rng = np.random.default_rng(cfg.seed)
     per_street = np.diff(np.linspace(0, cfg.frames, max(1, min(cfg.streets, cfg.frames)) + 1).round().astype(int))
@@ -211,6 +216,8 @@ def _stop(proc: subprocess.Popen, grace_s: float = 20.0) -> int:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo; returns the report dict (also written to <out>/report.json)."""
+    out = prepare_folder(Path(cfg.out).absolute(), TOOL)  # first: a folder it must not touch stops it at once
+    record_made(out, TOOL, OUTPUTS)
     env = ros_environment()
     import rclpy
 
@@ -223,8 +230,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     from seg_perception.eval.metrics import EvalStats, accumulate
     from seg_perception.eval.report import build_report, model_identity, write_report
 
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     bag = write_drive(cfg, out / "drive_bag")
     print(f"[demo] wrote {cfg.frames} frames {cfg.size[0]}x{cfg.size[1]} at {cfg.rate:g} Hz to {bag} "
@@ -232,7 +237,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     model = resolve_model(cfg.model)
     info = read_model_info(model)
     trace_file = out / "trace.json"
-    trace_file.unlink(missing_ok=True)
     params = node_parameters(cfg, trace_file)
     projector, fused_lut = node_projector(params, info.class_names)  # the node's, for the flat-ground scores
 
@@ -303,6 +307,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     if compared is not None:
         pictures.append(write_costmap_comparison(out / "costmap_compare.png", *compared, projector.grid, camera,
                                                  info).name)
+    record_made(out, TOOL, OUTPUTS + tuple(pictures))
 
     print(f"\nmIoU {100 * scored.miou:.2f} % over {stats.num_images} of {cfg.frames} frames "
           f"(through seg_node, model {info.name} {info.input_size[0]}x{info.input_size[1]})")
@@ -365,8 +370,6 @@ def write_costmap_comparison(path: Path, truth: np.ndarray, flat: np.ndarray, de
 def _write_pictures(received: Received, out: Path, n_overlays: int, info, camera: CameraView) -> list[str]:
     """overlay_*.png with a class legend, costmap.png on metre axes, overview.png (the last costmap beside the
     overlay of its frame); returns the names written."""
-    for old in out.glob("overlay_*.png"):
-        old.unlink()
     written = []
     stamps = sorted(received.overlays)
     if stamps and n_overlays:
@@ -412,7 +415,9 @@ def run(args) -> int:
         raise UsageError(f"model file not found: {resolve_model(cfg.model)}")
     try:
         run_demo(cfg)
-    except RuntimeError as exc:
+    except UsageError:
+        raise  # one line and exit 2, from the CLI: e.g. an output folder the demo did not make
+    except (RuntimeError, OSError) as exc:
         print(f"seg-perception demo: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -134,3 +134,43 @@ def test_without_tensorrt_the_message_says_so(onnx_file):
         pass
     with pytest.raises(BackendError, match="TensorRT is not installed"):
         open_backend(str(onnx_file), "tensorrt", precision="fp32")
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '"a string"', '{"format": 1, "key": []}'])
+def test_a_sidecar_that_is_not_an_object_is_named_not_a_traceback(onnx_file, text):
+    key = key_for(onnx_file)
+    engine, _ = ensure_engine(onnx_file, key, Builder(key))
+    sidecar_path(engine).write_text(text)
+    with pytest.raises(EngineCacheError, match="unreadable .*not a JSON object"):
+        read_sidecar(engine)
+    with pytest.raises(EngineCacheError, match="unreadable"):
+        ensure_engine(onnx_file, key, Builder(key), rebuild=False)
+
+
+def test_an_engine_that_is_not_an_intact_build_of_ours_is_kept_before_a_rebuild(onnx_file):
+    key = key_for(onnx_file)
+    engine = engine_path_for(onnx_file, "fp16")
+    engine.write_bytes(b"someone's own plan")
+    sidecar_path(engine).write_text("[]")
+    rebuilt = Builder(key)
+    ensure_engine(onnx_file, key, rebuilt)
+    assert rebuilt.calls == 1 and engine.read_bytes() == b"plan #1"
+    backup = engine.with_name(engine.name + ".bak")
+    assert backup.read_bytes() == b"someone's own plan" and sidecar_path(backup).read_text() == "[]"
+    engine.write_bytes(b"replaced by hand")  # the sidecar no longer matches: kept as .bak1
+    ensure_engine(onnx_file, key, Builder(key))
+    assert engine.with_name(engine.name + ".bak1").read_bytes() == b"replaced by hand"
+    assert backup.read_bytes() == b"someone's own plan"
+    stale = key_for(onnx_file, platform=Platform("10.7.0", "Orin", "8.7"))
+    ensure_engine(onnx_file, stale, Builder(stale))  # an intact engine of ours, merely stale: replaced
+    assert not engine.with_name(engine.name + ".bak2").exists()
+
+
+def test_an_unwritable_cache_folder_is_found_before_the_build(onnx_file, tmp_path):
+    key = key_for(onnx_file)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    build = Builder(key)
+    with pytest.raises(EngineCacheError, match="not a writable folder.*engine_cache_dir"):
+        ensure_engine(onnx_file, key, build, cache_dir=not_a_folder / "engines")
+    assert build.calls == 0

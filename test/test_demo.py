@@ -13,6 +13,7 @@ from seg_perception.backends import DEFAULT_MODEL
 from seg_perception.core import trace
 from seg_perception.core.trace_export import write_chrome_trace
 from seg_perception.demo import durations_from_chrome_trace
+from seg_perception.output_files import MADE_BY
 
 pytest.importorskip("rclpy", reason="the demo talks ROS 2 (the [ros] extra)")
 
@@ -66,7 +67,8 @@ def test_short_demo_runs_seg_node_and_reports(tmp_path, ros_env):
     assert (out / "costmap_compare.png").is_file()
     # the closing line names exactly the files the demo wrote
     listed = proc.stdout.rsplit("outputs in", 1)[1].split(": ", 1)[1].rsplit(" (", 1)[0].split(", ")
-    assert {p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(".log")} == set(listed)
+    assert {p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(".log")} == set(listed) | {MADE_BY}
+    assert set(listed) <= set(json.loads((out / MADE_BY).read_text())["files"])  # what the next run may replace
     # replayed stamps are years old: no transport span, so the trace opens on the frames
     spans = [e for e in json.loads((out / "trace.json").read_text())["traceEvents"] if e["ph"] == "X"]
     assert spans and "transport" not in {e["name"] for e in spans}

@@ -183,3 +183,23 @@ def test_costmaps_scored_against_the_true_top_down_map_in_both_modes(tiny_onnx, 
         assert set(costmap[mode]) == {"lethal", "road", "person", "car"}
         assert all(v is None or 0.0 <= v <= 1.0 for v in costmap[mode].values())
     assert "| costmap layer | flat_ground IoU (%) | depth IoU (%) |" in out.with_suffix(".md").read_text()
+
+
+def test_a_damaged_mcap_bag_is_an_error_not_a_score(tiny_onnx, tmp_path, capsys):
+    bag = write_drive_bag(tmp_path / "b", _frames(30, seed=1), storage="mcap")
+    mcap = next(bag.glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes()
+    mcap.write_bytes(bytes(data))
+    out = tmp_path / "r.json"
+    assert _eval(bag, out, "--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_gt",
+                 "--model", str(tiny_onnx)) == 2
+    assert "is damaged: Chunk checksum mismatch" in capsys.readouterr().err and not out.exists()
+
+
+def test_all_ignore_ground_truth_is_an_error(tiny_onnx, tmp_path, capsys):
+    bag = write_drive_bag(tmp_path / "b", [(rgb, np.full_like(gt, 255)) for rgb, gt in _frames(2)])
+    assert _eval(bag, tmp_path / "r.json", "--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_gt",
+                 "--model", str(tiny_onnx)) == 2
+    assert "has no evaluated pixel" in capsys.readouterr().err

@@ -186,3 +186,39 @@ def test_predictor_rejects_bad_config():
     with pytest.raises(ValueError, match="scales"):
         InferenceConfig(scales=(0.0,))
     assert issubclass(EvalError, RuntimeError)
+
+
+def test_train_id_predictions_scored_as_label_ids_are_refused_naming_the_flag(root, tmp_path, capsys):
+    from seg_perception.eval.metrics import LABEL_TO_TRAIN
+
+    preds = tmp_path / "train_ids"
+    preds.mkdir()
+    for s in find_samples(root, "val"):  # what seg_node publishes: train ids
+        cv2.imwrite(str(preds / f"{s.key}.png"), LABEL_TO_TRAIN[cv2.imread(str(s.gt), cv2.IMREAD_UNCHANGED)])
+    out = tmp_path / "r.json"
+    args = ["eval", "cityscapes", "--root", str(root), "--predictions", str(preds), "--out", str(out), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "they look like trainIds" in err and "pass --pred-format trainIds" in err and not out.exists()
+    assert main(args + ["--pred-format", "trainIds"]) == 0
+    assert json.loads(out.read_text())["miou"] == 1.0
+    label_ids = tmp_path / "label_ids"
+    label_ids.mkdir()
+    for s in find_samples(root, "val"):
+        cv2.imwrite(str(label_ids / f"{s.key}.png"), cv2.imread(str(s.gt), cv2.IMREAD_UNCHANGED))
+    args[5] = str(label_ids)
+    assert main(args + ["--pred-format", "trainIds", "--overwrite"]) == 2
+    assert "they look like labelIds; pass --pred-format labelIds" in capsys.readouterr().err
+
+
+def test_ground_truth_with_no_evaluated_pixel_is_an_error(tmp_path, capsys):
+    _write_cityscapes(tmp_path / "cs", n=2)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for gt in (tmp_path / "cs").glob("gtFine/val/*/*_labelIds.png"):
+        cv2.imwrite(str(gt), np.zeros((H, W), np.uint8))  # all 'unlabeled'
+        cv2.imwrite(str(preds / gt.name), np.full((H, W), 7, np.uint8))
+    out = tmp_path / "r.json"
+    assert main(["eval", "cityscapes", "--root", str(tmp_path / "cs"), "--predictions", str(preds), "--out", str(out),
+                 "--quiet"]) == 2
+    assert "has no evaluated pixel" in capsys.readouterr().err and not out.exists()

@@ -108,7 +108,8 @@ class NodeProcess:
              *ros_args], env=env, stdout=self._log_fh, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        self._log_fh.flush()
+        if not self._log_fh.closed:
+            self._log_fh.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> tuple[int, float]:
@@ -461,7 +462,8 @@ def test_cuda_where_there_is_none_stops_start_up_in_one_line(start_node):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    node = start_node(dict(model="metaseg-t", backend="torch", device="cuda", precision="fp16"))
+    # the device is checked before the checkpoint is read (a bare zoo name is refused: random weights)
+    node = start_node(dict(model="metaseg-t:unread.pth", backend="torch", device="cuda", precision="fp16"))
     assert node.proc.wait(60) == 2
     output = node.output()
     lines = [line for line in output.splitlines() if "cannot start" in line]

@@ -189,3 +189,29 @@ def test_backend_options_follow_the_backend_that_runs_the_model(ros_env, overrid
                 declare(node)
     finally:
         rclpy.shutdown(context=ctx)
+
+
+# --- decoding limits -------------------------------------------------------------------------------
+def test_compressed_size_is_read_from_the_header_and_checked_before_decoding():
+    import cv2
+
+    from seg_perception.core.image_codec import ImageDecodeError, ImageDecoder, compressed_size
+
+    img = np.zeros((40, 60, 3), np.uint8)
+    png = bytearray(cv2.imencode(".png", img)[1].tobytes())
+    jpeg = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    assert compressed_size(np.frombuffer(bytes(png), np.uint8)) == (40, 60)
+    assert compressed_size(np.frombuffer(bytes(jpeg), np.uint8)) == (40, 60)
+    png[16:24] = (16000).to_bytes(4, "big") * 2  # a small file that claims 16000x16000
+    sof = next(i for i in range(2, len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC2))
+    jpeg[sof + 5:sof + 9] = (16000).to_bytes(2, "big") * 2
+    decoder = ImageDecoder()  # the default limit: 50 MP
+    for data, fmt in ((png, "png"), (jpeg, "jpeg")):
+        with pytest.raises(ImageDecodeError, match="16000x16000 image is 256000000 pixels, more than max_input"):
+            decoder.decode_compressed(bytes(data), fmt)
+    with pytest.raises(ImageDecodeError, match="neither a PNG nor a JPEG"):
+        decoder.decode_compressed(cv2.imencode(".bmp", img)[1].tobytes(), "png")  # OpenCV would decode it
+    with pytest.raises(ImageDecodeError, match="more than max_input_pixels 1000"):
+        ImageDecoder(max_pixels=1000).decode_raw(bytes(40 * 60 * 3), "rgb8", 40, 60, 180)
+    with pytest.raises(ImageDecodeError, match="width must be even, got 59"):
+        ImageDecoder().decode_raw(bytes(40 * 59 * 2), "yuv422", 40, 59, 118)

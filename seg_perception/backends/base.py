@@ -56,15 +56,21 @@ class ModelInfo:
             name = key[len(META_PREFIX):]
             if name not in cls.__dataclass_fields__:
                 continue
-            value = json.loads(raw)
-            if name in ("input_size", "mean", "std", "class_names"):
-                value = tuple(value)
-            elif name == "palette":
-                value = tuple(tuple(c) for c in value)
+            try:
+                value = json.loads(raw)
+                if name in ("input_size", "mean", "std", "class_names"):
+                    value = tuple(value)
+                elif name == "palette":
+                    value = tuple(tuple(c) for c in value)
+            except TypeError:  # a number where a list belongs, ...
+                raise ValueError(f"model metadata {key} = {raw[:40]!r} has the wrong type") from None
             kwargs[name] = value
         if "input_size" not in kwargs:
             raise ValueError("model metadata lacks seg_perception.input_size: was it written by seg-perception export "
                              "or wrap? (a third-party graph: seg-perception wrap)")
+        size = kwargs["input_size"]
+        if len(size) != 2 or not all(isinstance(v, int) and 0 < v <= 16384 for v in size):
+            raise ValueError(f"model metadata {META_PREFIX}input_size {list(size)} is not [height, width] in 1..16384")
         return cls(**kwargs)
 
 
@@ -101,6 +107,10 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Free sessions, engines and buffers."""
+
+    def interrupt(self) -> None:
+        """Ask an `infer` running on another thread to stop soon (it then raises); by default it runs to its end.
+        Used at shutdown, so that a slow model does not hold the process."""
 
     def warm_up(self, frames: int = 2) -> None:
         """Run `frames` black images: the first runs allocate memory and pick kernels, and are several times

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from seg_perception.backends.base import BackendError
+from seg_perception.output_files import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Sidecar:
     @classmethod
     def from_json(cls, text: str) -> "Sidecar":
         raw = json.loads(text)
+        if not isinstance(raw, dict) or not isinstance(raw.get("key"), dict):
+            raise ValueError(f"not a JSON object with a 'key' object: {text[:40]!r}")
         if raw.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"sidecar format {raw.get('format')} (this version reads {SIDECAR_FORMAT})")
         key = EngineKey(**{f.name: raw["key"][f.name] for f in fields(EngineKey)})
@@ -178,15 +181,40 @@ def ensure_engine(onnx: str | Path, wanted: EngineKey, build: Callable[[Path], S
                 raise EngineCacheError(f"{exc}. Rebuild it with `seg-perception build-engine {onnx} --precision "
                                        f"{wanted.precision}` or allow rebuilding") from None
             log.warning("rebuilding TensorRT engine: %s", exc)
+            _set_aside_unless_ours(engine)
     elif not rebuild:
         raise missing_engine_error(onnx, wanted.precision, engine)
     else:
         log.warning("building TensorRT engine %s from %s (this can take minutes)", engine, onnx)
+    try:  # before a build that can take minutes
+        check_writable(engine)
+        check_writable(sidecar_path(engine))
+    except OSError as exc:
+        raise EngineCacheError(f"cannot cache the TensorRT engine for {onnx}: {exc}; set engine_cache_dir "
+                               f"(--cache-dir) to a writable folder") from None
     sidecar = build(engine)
     if sidecar.key != wanted:
         raise EngineCacheError("the engine just built does not match what was asked: "
                                + "; ".join(wanted.differences(sidecar.key)))
     return engine, sidecar
+
+
+def _set_aside_unless_ours(engine: Path) -> None:
+    """Before a rebuild replaces it: an engine that is not an intact build of ours (no sidecar, an unreadable one,
+    or bytes that differ from it) may be someone's own, so it is renamed to `<name>.bak[N]`, never overwritten."""
+    try:
+        verify_engine(engine)
+        return  # ours, intact, merely built for something else
+    except EngineCacheError:
+        pass
+    n = 0
+    while (backup := engine.with_name(f"{engine.name}.bak{n or ''}")).exists() or backup.is_symlink():
+        n += 1
+    os.rename(engine, backup)
+    side = sidecar_path(engine)
+    if side.exists() and not side.is_symlink():
+        os.rename(side, sidecar_path(backup))
+    log.warning("kept the engine that was at %s as %s", engine, backup)
 
 
 def missing_engine_error(onnx: str | Path, precision: str, engine: Path) -> EngineCacheError:

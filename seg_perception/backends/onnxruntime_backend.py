@@ -116,6 +116,7 @@ class OnnxRuntimeBackend(Backend):
         if failed and asked_for_gpu:  # ORT falls back to the CPU when a provider cannot start (no CUDA libraries)
             raise BackendError(f"ONNX Runtime could not start {failed} for {self.path} (its log says why); running "
                                f"on {self.providers} instead was not asked for")
+        self._run_options = ort.RunOptions()  # its `terminate` flag stops a run between two kernels
         self._check_signature()
         h, w = self.info.input_size
         self._buffers = {o.name: np.empty(self._output_shape(o.name, o.shape, h, w), _NUMPY_DTYPES[o.type])
@@ -161,10 +162,13 @@ class OnnxRuntimeBackend(Backend):
         binding = self._bindings[want_logits and "logits" in self._buffers]
         h, w = self.info.input_size
         binding.bind_input("image", "cpu", 0, np.uint8, [1, h, w, 3], image.ctypes.data)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, self._run_options)
         logits = self._buffers["logits"][0] if binding is self._bindings.get(True) else None
         return InferenceOutputs(labels=self._buffers["labels"][0], confidence=self._buffers["confidence"][0],
                                 logits=logits)
+
+    def interrupt(self) -> None:
+        self._run_options.terminate = True
 
     def describe(self) -> str:
         return f"{self.name} {self.providers}"

@@ -3,7 +3,9 @@ back for compressed outputs (PNG or JPEG bytes, as compressed_image_transport se
 
 ROS-free: it takes the message fields, so rclpy messages (node) and rosbags messages (bag evaluation) share it.
 rgb8 with a tight row stride is returned as a zero-copy view of the message buffer; every other encoding is
-converted into a buffer reused across frames of the same size.
+converted into a buffer reused across frames of the same size. A frame's size is checked against `max_pixels` from
+the message fields or the PNG/JPEG header before anything is decoded, so a small file claiming a huge image costs
+nothing.
 """
 
 from __future__ import annotations
@@ -27,17 +29,48 @@ RAW_ENCODINGS: dict[str, tuple[int, int | None]] = {
     "yuyv": (2, cv2.COLOR_YUV2RGB_YUYV),
 }
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
+MAX_PIXELS = 50_000_000  # default limit: well above 4K (8.3 MP) and 8K (33 MP)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...); C4, C8 and CC are other segments.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 class ImageDecodeError(ValueError):
     """The message cannot be turned into an image; the text says which field is wrong."""
 
 
-class ImageDecoder:
-    """Decodes frames into a reused RGB buffer (re-allocated only when the camera size changes)."""
+def compressed_size(data: np.ndarray) -> tuple[int, int]:
+    """(height, width) from the header of PNG or JPEG bytes (uint8, 1-D), without decoding; ImageDecodeError
+    for anything else (OpenCV would decode any format it knows, whatever the message's `format` says)."""
+    buf = memoryview(data)
+    if bytes(buf[:8]) == _PNG_SIGNATURE and len(buf) >= 24 and bytes(buf[12:16]) == b"IHDR":
+        return int.from_bytes(buf[20:24], "big"), int.from_bytes(buf[16:20], "big")
+    if bytes(buf[:2]) == b"\xff\xd8":
+        i = 2
+        while i + 9 <= len(buf) and buf[i] == 0xFF:
+            marker = buf[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in _JPEG_SOF:
+                return int.from_bytes(buf[i + 5:i + 7], "big"), int.from_bytes(buf[i + 7:i + 9], "big")
+            i += 2 + int.from_bytes(buf[i + 2:i + 4], "big")
+        raise ImageDecodeError(f"corrupt jpeg data ({len(buf)} bytes): no frame header")
+    raise ImageDecodeError(f"data ({len(buf)} bytes) is neither a PNG nor a JPEG")
 
-    def __init__(self) -> None:
+
+class ImageDecoder:
+    """Decodes frames into a reused RGB buffer (re-allocated only when the camera size changes); frames of more
+    than `max_pixels` pixels are refused before decoding."""
+
+    def __init__(self, max_pixels: int = MAX_PIXELS) -> None:
         self._rgb: np.ndarray | None = None
+        self.max_pixels = max_pixels
+
+    def _check_size(self, height: int, width: int) -> None:
+        if height * width > self.max_pixels:
+            raise ImageDecodeError(f"{width}x{height} image is {height * width} pixels, more than max_input_pixels "
+                                   f"{self.max_pixels}")
 
     def _buffer(self, height: int, width: int) -> np.ndarray:
         if self._rgb is None or self._rgb.shape[:2] != (height, width):
@@ -53,6 +86,10 @@ class ImageDecoder:
         if height <= 0 or width <= 0:
             raise ImageDecodeError(f"empty image: {width}x{height}")
         channels, conversion = spec
+        self._check_size(height, width)
+        if channels == 2 and width % 2:
+            raise ImageDecodeError(f"'{encoding}' packs two pixels in four bytes, so its width must be even, "
+                                   f"got {width}")
         if step < width * channels:
             raise ImageDecodeError(
                 f"step {step} is smaller than width*channels = {width}*{channels} for '{encoding}'")
@@ -78,6 +115,7 @@ class ImageDecoder:
         buf = np.frombuffer(data, np.uint8)
         if buf.size == 0:
             raise ImageDecodeError("compressed image has no bytes")
+        self._check_size(*compressed_size(buf))
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         if bgr is None:
             raise ImageDecodeError(f"corrupt {kind} data ({buf.size} bytes): OpenCV could not decode it")

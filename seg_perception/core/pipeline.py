@@ -14,7 +14,7 @@ import numpy as np
 
 from seg_perception.backends.base import Backend
 from seg_perception.core import trace
-from seg_perception.core.image_codec import ImageDecoder
+from seg_perception.core.image_codec import MAX_PIXELS, ImageDecoder
 from seg_perception.labels import palette_lut
 
 _NOW = trace._NOW
@@ -66,7 +66,7 @@ class _Buffers:
 class SegPipeline:
     def __init__(self, backend: Backend, output_resolution: str = "camera", projector=None,
                  tracer: trace.Tracer | None = None, overlay_alpha: float = 0.5, points_stride: int = 1,
-                 points_organized: bool = True) -> None:
+                 points_organized: bool = True, max_input_pixels: int = MAX_PIXELS) -> None:
         if output_resolution not in ("camera", "model"):
             raise ValueError(f"output_resolution must be 'camera' or 'model', got '{output_resolution}'")
         self.backend = backend
@@ -76,7 +76,7 @@ class SegPipeline:
         self.points_stride, self.points_organized = int(points_stride), bool(points_organized)
         self.tracer = tracer or trace.Tracer(enabled=False)
         self.overlay_alpha = float(overlay_alpha)
-        self.decoder = ImageDecoder()
+        self.decoder = ImageDecoder(max_input_pixels)
         self.color_lut = palette_lut(self.info.palette)[None]  # 1 x 256 x 3: one table per channel for cv2.LUT
         h, w = self.info.input_size
         self._model_rgb = np.empty((h, w, 3), np.uint8)

@@ -17,22 +17,22 @@ import numpy as np
 
 from seg_perception.core import trace
 from seg_perception.core.trace import END_TO_END, INFERENCE_DEVICE, STAGES, StageSummary, Tracer
+from seg_perception.output_files import replace_file
 
 _PROCESS_NAME = "seg_perception"
 _FRAME_TRACK = 0  # Chrome trace tid of the per-frame (end-to-end) track; stage tracks follow it
+TRACE_SUFFIXES = (".json", ".csv", ".png")  # what write_trace writes, by suffix
 
 
 def write_trace(tracer: Tracer, path: str | os.PathLike, window: int | None = None, title: str = "") -> Path:
     """Write the last `window` committed frames (default: all still in the ring) as .json, .csv or .png;
     `title` (what was traced: model, backend) heads the PNG."""
     path = Path(path)
-    writers = {".json": write_chrome_trace, ".csv": write_csv, ".png": functools.partial(write_png, title=title)}
+    writers = dict(zip(TRACE_SUFFIXES, (write_chrome_trace, write_csv, functools.partial(write_png, title=title))))
     writer = writers.get(path.suffix.lower())
     if writer is None:
-        raise ValueError(f"trace file '{path}': suffix must be one of {', '.join(writers)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer(tracer, path, window)
-    return path
+        raise ValueError(f"trace file '{path}': suffix must be one of {', '.join(TRACE_SUFFIXES)}")
+    return replace_file(path, lambda tmp: writer(tracer, tmp, window))
 
 
 # --- Chrome Trace Event format -------------------------------------------------------------------

@@ -4,7 +4,8 @@ Image, CompressedImage, CameraInfo and OccupancyGrid.
 
 Messages are rosbags' own dataclasses from the Jazzy typestore; their CDR is byte-identical to what rclpy
 writes and the metadata is rosbag2 version 9 (Jazzy's), so `seg-perception replay` publishes the stored bytes
-unchanged, and RViz / Foxglove tooling reads the bags.
+unchanged, and RViz / Foxglove tooling reads the bags. The mcap files written here carry a CRC-32 per chunk (rosbags
+writes 0, "not computed"), which readers check: a damaged bag is an error, never a quietly different score.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,12 +156,49 @@ class BagWriter:
 
     def close(self) -> None:
         self._writer.close()
+        for mcap in self.path.glob("*.mcap"):
+            write_mcap_chunk_crcs(mcap)
 
     def __enter__(self) -> "BagWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+_MCAP_CHUNK, _MCAP_DATA_END = 0x06, 0x0F
+
+
+def write_mcap_chunk_crcs(path: str | os.PathLike) -> int:
+    """Fill in the CRC-32 of every uncompressed chunk of an mcap file whose CRC field is 0; returns how many.
+
+    A chunk record is: start, end, uncompressed size (u64 each), CRC (u32), compression (u32 length + text),
+    records length (u64), records; the CRC covers the uncompressed records."""
+    filled = 0
+    with open(path, "r+b") as f:
+        if f.read(8) != _MCAP_MAGIC:
+            raise EvalError(f"'{path}' is not an mcap file")
+        while header := f.read(9):
+            if len(header) < 9:
+                break
+            opcode, length = header[0], struct.unpack_from("<Q", header, 1)[0]
+            body = f.tell()
+            if opcode == _MCAP_DATA_END:
+                break
+            if opcode == _MCAP_CHUNK:
+                head = f.read(28)
+                crc = struct.unpack_from("<I", head, 24)[0]
+                (compression_len,) = struct.unpack("<I", f.read(4))
+                compression = f.read(compression_len)
+                (records_len,) = struct.unpack("<Q", f.read(8))
+                if crc == 0 and compression == b"":
+                    crc = zlib.crc32(f.read(records_len))
+                    f.seek(body + 24)
+                    f.write(struct.pack("<I", crc))
+                    filled += 1
+            f.seek(body + length)
+    return filled
 
 
 def write_drive_bag(path: str | os.PathLike, frames: Iterable, storage: str = "sqlite3",
@@ -252,7 +292,10 @@ class BagReader:
         """(connection, log time ns, CDR bytes) in log-time order, logged in [start_ns, stop_ns) (None: open)."""
         wanted = set(topics)
         connections = [c for c in self._reader.connections if c.topic in wanted]
-        yield from self._reader.messages(connections=connections, start=start_ns, stop=stop_ns)
+        try:
+            yield from self._reader.messages(connections=connections, start=start_ns, stop=stop_ns)
+        except Exception as exc:  # rosbags' ReaderError (a chunk CRC mismatch, a bad record) and struct errors
+            raise EvalError(f"bag '{self.path}' is damaged: {exc}") from exc
 
     def deserialize(self, raw: bytes, msgtype: str):
         return self._reader.deserialize(raw, msgtype)

@@ -11,7 +11,9 @@ from seg_perception.backends import BACKENDS
 from seg_perception.deploy.export import parse_hw
 from seg_perception.eval import EvalError
 from seg_perception.eval.inference import MODES, InferenceConfig
-from seg_perception.eval.metrics import ID_FORMATS
+from seg_perception.eval.metrics import ID_FORMATS, pred_format_mismatch
+from seg_perception.eval.report import report_paths
+from seg_perception.output_files import claim
 from seg_perception.progress import progress_bar
 
 
@@ -26,10 +28,14 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def _model_arguments(p: argparse.ArgumentParser, threads_help: str,
-                     out_help: str = "report.json path; .md and _confusion.png go beside it") -> None:
+                     out_help: str = "report.json path; .md and _confusion.png go beside it",
+                     overwrite: bool = True) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--threads", type=int, default=0, help=threads_help)
     p.add_argument("--out", required=True, type=Path, help=out_help)
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace output files that already exist (never through a symbolic link)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -81,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bags.add_argument("--slice-seconds", type=float, default=0.0,
                       help="split bags longer than this into tasks of this much log time (0 = one task per bag)")
     _model_arguments(bags, "inference threads per task (0 = backend default; on Ray 0 means 1), and the CPUs Ray "
-                           "reserves for a task", out_help="new or empty folder for the reports (DIR)")
+                           "reserves for a task", out_help="new or empty folder for the reports (DIR)", overwrite=False)
 
 
 def _bag_arguments(p: argparse.ArgumentParser) -> None:
@@ -106,8 +112,11 @@ def run(args: argparse.Namespace) -> int:
     from seg_perception.backends import BackendError
     from seg_perception.core.image_codec import ImageDecodeError
 
-    try:
-        return {"cityscapes": _cityscapes, "bag": _bag, "bags": _bags}[args.dataset](args)
+    try:  # before any work: outputs that exist, links and unwritable folders
+        if args.dataset == "bags":
+            return _bags(args)  # --out is a folder, new or empty: _bags checks it
+        claim(report_paths(args.out) + ([args.trace] if getattr(args, "trace", None) else []), args.overwrite)
+        return _cityscapes(args) if args.dataset == "cityscapes" else _bag(args)
     except (EvalError, BackendError, ImageDecodeError, ValueError, OSError) as exc:
         print(f"seg-perception eval {args.dataset}: error: {exc}", file=sys.stderr)
         return 2
@@ -146,6 +155,8 @@ def _cityscapes(args: argparse.Namespace) -> int:
 
     with bar:
         stats, durations = evaluate(job, args.workers, progress)
+    if preds is not None and (mismatch := pred_format_mismatch(stats, args.pred_format)):
+        raise EvalError(f"predictions in '{args.predictions}' scored as --pred-format {args.pred_format}: {mismatch}")
     source = {"dataset": "cityscapes", "root": str(args.root), "split": args.split,
               "predictions": str(args.predictions) if preds is not None else None,
               "pred_format": args.pred_format if preds is not None else "trainIds",

@@ -165,6 +165,31 @@ def accumulate(stats: EvalStats, gt: np.ndarray, pred: np.ndarray, gt_format: st
         _accumulate_instances(stats, instance_ids, pred, pred_format)
 
 
+def pred_format_mismatch(stats: EvalStats, pred_format: str) -> str:
+    """Why predictions accumulated as `pred_format` are evidently in the other format ('' when they are not).
+
+    labelIds given: the same pixels read as train ids (their column is the raw value) agree with the ground truth
+    at least twice as often and on a fifth of the pixels. trainIds given: most evaluated pixels got a value that is
+    no train id (19..254, label ids of cars, vegetation, ...)."""
+    rows = stats.matrix[:NUM_CLASSES]
+    valid = int(rows.sum())
+    if valid == 0:
+        return ""
+    train_ids = np.arange(NUM_CLASSES)
+    if pred_format == "labelIds":
+        as_label, as_train = int(rows[train_ids, TRAIN_TO_LABEL].sum()), int(rows[train_ids, train_ids].sum())
+        if as_train > max(2 * as_label, valid // 5):
+            return (f"read as trainIds they agree with {100 * as_train / valid:.1f} % of the ground truth, read as "
+                    f"labelIds with {100 * as_label / valid:.1f} %: they look like trainIds (what seg_node "
+                    f"publishes); pass --pred-format trainIds")
+        return ""
+    other = int(rows[:, OTHER_COLUMN].sum())
+    if other > valid // 2:
+        return (f"{100 * other / valid:.1f} % of the evaluated pixels hold values that are no train id: they look "
+                f"like labelIds; pass --pred-format labelIds")
+    return ""
+
+
 def _accumulate_instances(stats: EvalStats, instance_ids: np.ndarray, pred: np.ndarray, pred_format: str) -> None:
     """Instance-weighted TP/FN without a mask per instance: one histogram over (instance id, kind of hit)."""
     stats.num_instance_images += 1

@@ -1,5 +1,6 @@
 """Evaluation reports: report.json (fractions 0..1, null where nothing was scored), a Markdown table beside it and a
-confusion-matrix PNG. Files are written only once the evaluation has finished, so a failed run leaves none."""
+confusion-matrix PNG. Files are written only once the evaluation has finished, so a failed run leaves none, and each
+through a temporary file renamed into place, so a symbolic link at an output path is replaced, never followed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from seg_perception.core.trace import END_TO_END, STAGES
+from seg_perception.eval import EvalError
 from seg_perception.eval.metrics import CITYSCAPES_CLASSES, EvalStats, Scores, scores
+from seg_perception.output_files import replace_file
 
 _PERCENTILES = (50, 90, 99)
 
@@ -53,6 +56,9 @@ def model_identity(model: str, info) -> dict:
 def build_report(stats: EvalStats, durations_ms: np.ndarray, source: dict, model: dict | None,
                  extra: dict | None = None) -> tuple[dict, Scores]:
     s = scores(stats)
+    if s.miou is None:
+        raise EvalError(f"the ground truth of the {stats.num_images} scored images has no evaluated pixel (all "
+                        f"ignore/void): nothing to score")
     report = {
         "miou": s.miou,
         "per_class_iou": s.per_class_iou,
@@ -78,21 +84,23 @@ def build_report(stats: EvalStats, durations_ms: np.ndarray, source: dict, model
     return report, s
 
 
+def report_paths(out: str | os.PathLike) -> list[Path]:
+    """report.json at `out`, <stem>.md and <stem>_confusion.png beside it."""
+    out = Path(out)
+    return [out, out.with_suffix(".md"), out.with_name(out.stem + "_confusion.png")]
+
+
 def write_report(report: dict, scored: Scores, out: str | os.PathLike, confusion_png: bool = True,
                  more_markdown: str = "") -> list[Path]:
-    """report.json at `out`, <stem>.md (`markdown(report)`, then more_markdown) and, with confusion_png,
-    <stem>_confusion.png beside it; returns the paths written."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    md, png = out.with_suffix(".md"), out.with_name(out.stem + "_confusion.png")
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    md.write_text(markdown(report) + more_markdown)
-    paths = [out, md]
+    """Write the `report_paths(out)` (the PNG only with confusion_png; more_markdown after the Markdown tables),
+    report.json last (its presence means the run completed); returns the paths written."""
+    paths = report_paths(out)
+    replace_file(paths[1], lambda tmp: tmp.write_text(markdown(report) + more_markdown))
     if confusion_png:
-        write_confusion_png(scored.confusion_matrix, png, title=_title(report))
-        paths.append(png)
-    tmp.replace(out)  # report.json appears last: its presence means the run completed
+        replace_file(paths[2], lambda tmp: write_confusion_png(scored.confusion_matrix, tmp, title=_title(report)))
+    else:
+        paths.pop(2)
+    replace_file(paths[0], lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     return paths
 
 

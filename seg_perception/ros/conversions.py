@@ -128,6 +128,26 @@ def intrinsics(info: CameraInfo) -> tuple[np.ndarray, tuple[int, int]]:
     return np.asarray(info.k, np.float64).reshape(3, 3), (int(info.height), int(info.width))
 
 
+def camera_info_problem(info: CameraInfo) -> str:
+    """Why `info` cannot give intrinsics ('' when it can): the size, K, D, R and P are all checked."""
+    if info.height <= 0 or info.width <= 0:
+        return f"no image size ({info.width}x{info.height})"
+    for name in ("k", "d", "r", "p"):
+        if not np.isfinite(np.asarray(getattr(info, name), np.float64)).all():
+            return f"{name.upper()} holds NaN or inf"
+    k = np.asarray(info.k, np.float64).reshape(3, 3)
+    if k[0, 0] <= 0 or k[1, 1] <= 0:
+        return f"K needs fx > 0 and fy > 0, got fx={k[0, 0]:g}, fy={k[1, 1]:g}"
+    if not np.array_equal(k[2], [0.0, 0.0, 1.0]) or k[1, 0] != 0:
+        return f"K is not a camera matrix: {k.ravel().tolist()}"
+    return ""
+
+
+def same_aspect(k_hw: tuple[int, int], image_hw: tuple[int, int], tolerance: float = 0.01) -> bool:
+    """True when intrinsics for a k_hw image can describe an image_hw one (same view, scaled or binned)."""
+    return abs(k_hw[0] * image_hw[1] - k_hw[1] * image_hw[0]) <= tolerance * k_hw[0] * image_hw[1]
+
+
 def k_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 

@@ -24,13 +24,14 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from seg_perception.backends import BackendError, open_backend
+from seg_perception.backends import BackendError, is_file_artifact, open_backend
 from seg_perception.core import trace
 from seg_perception.core.costmap import FUSED
 from seg_perception.core.depth_costmap import DepthDecoder, DepthError, DepthProjector, check_registered
 from seg_perception.core.frame_slot import LatestFrameSlot
 from seg_perception.core.image_codec import ImageDecodeError
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
+from seg_perception.output_files import check_writable
 from seg_perception.ros import conversions as conv
 from seg_perception.ros.camera_pose import open_pose_source
 from seg_perception.ros.health import Counts, HealthWindow, status_name
@@ -69,6 +70,14 @@ class SegNode(Node):
     def __init__(self, **node_kwargs) -> None:
         super().__init__("seg_node", **node_kwargs)
         p = self.params = declare(self)
+        if p.model and not is_file_artifact(p.model) and not p.model.partition(":")[2]:
+            raise ParameterError("model", f"zoo name '{p.model}' without a checkpoint would run random weights; give "
+                                          f"'{p.model}:<checkpoint file>' or an exported ONNX file")
+        if p.trace_file:
+            try:
+                check_writable(p.trace_file)
+            except OSError as exc:
+                raise ParameterError("trace_file", str(exc)) from None
         self.backend = open_backend(p.model, p.backend, **p.backend_options())
         info = self.backend.info
         start = _NOW()
@@ -86,16 +95,18 @@ class SegNode(Node):
         self.pose_source = open_pose_source(self, p.camera_pose_source, p.costmap_frame, p.tf_timeout, p.pose())
         self.tracer = trace.Tracer(capacity=max(4096, 2 * p.trace_window))
         self.pipeline = SegPipeline(self.backend, p.output_resolution, self.projector, self.tracer, p.overlay_alpha,
-                                    p.points_stride, p.points_organized)
+                                    p.points_stride, p.points_organized, p.max_input_pixels)
         self.slot: LatestFrameSlot[_Frame] = LatestFrameSlot()
-        self.rejected = self.errors = self.published = self.idle = 0
+        self.rejected = self.errors = self.published = self.idle = self.camera_info_rejected = 0
         self.depth_dropped = 0  # frames whose depth-built outputs stayed unknown (no, late, or bad depth)
         self._depths: collections.deque[Image] = collections.deque(maxlen=8)  # newest last
         self._depths_arrived = threading.Condition()
         self._depth_decoder = DepthDecoder()
         self._depth_paired = False  # the current frame found its depth image
         self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
-        self._camera_info: CameraInfo | None = None
+        self._camera_info: CameraInfo | None = None  # the latest one with valid fields (set by the executor)
+        self._misfit_camera_info: CameraInfo | None = None  # the latest one refused for its size (counted once)
+        self._fitting_intrinsics: tuple[np.ndarray, tuple[int, int], CameraInfo] | None = None  # the last good one
         self._last_arrival_ns: int | None = None  # perf_counter clock; None until the first frame
         self._camera_frame = ""  # the images' frame_id: /diagnostics' hardware_id once known
 
@@ -170,13 +181,18 @@ class SegNode(Node):
             self._depths_arrived.notify_all()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        k, hw = conv.intrinsics(msg)
-        if k[0, 0] <= 0 or min(hw) <= 0:
-            self.get_logger().warning(f"ignoring CameraInfo without intrinsics or size on "
-                                      f"{self.inputs.camera_info}", throttle_duration_sec=THROTTLE_S)
-            return
-        self._camera_info = msg
-        self.projector.set_intrinsics(k, hw)
+        problem = conv.camera_info_problem(msg)
+        if problem:
+            self._refuse_camera_info(problem)
+        else:
+            self._camera_info = msg  # the worker takes it on its next frame
+
+    def _refuse_camera_info(self, problem: str) -> None:
+        """Count and report a CameraInfo the node will not use; it keeps the last good one or fx/fy/cx/cy."""
+        self.camera_info_rejected += 1
+        self.last_problem = f"CameraInfo refused: {problem}"
+        self.get_logger().warning(f"ignoring CameraInfo on {self.inputs.camera_info}: {problem}",
+                                  throttle_duration_sec=THROTTLE_S)
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
         pose = {}
@@ -279,9 +295,8 @@ class SegNode(Node):
             self.pub_points.publish(self._out_points.fill(header, result.points, result.points_hw))
         if want_info and k_source is not None:
             out_hw = cam_hw if self.params.output_resolution == "camera" else self.backend.info.input_size
-            k, k_hw = k_source
-            self.pub_info.publish(conv.scaled_camera_info(self._out_info, k, k_hw, out_hw, header,
-                                                          self._camera_info))
+            k, k_hw, source = k_source
+            self.pub_info.publish(conv.scaled_camera_info(self._out_info, k, k_hw, out_hw, header, source))
         tracer.span(slot, trace.PUBLISH, t_pub)
         tracer.commit(slot)
         self.published += 1
@@ -334,10 +349,21 @@ class SegNode(Node):
         self.projector.set_pose(pose)
         return request
 
-    def _intrinsics(self, cam_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]] | None:
-        """K and the image size it belongs to: CameraInfo when one arrived, else the fx/fy/cx/cy parameters."""
-        if self._camera_info is not None:
-            return conv.intrinsics(self._camera_info)
+    def _intrinsics(self, cam_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int], CameraInfo | None] | None:
+        """K, the image size it belongs to and its CameraInfo: the last valid CameraInfo whose size fits the frame,
+        else the fx/fy/cx/cy parameters (then no CameraInfo)."""
+        info, fitting = self._camera_info, self._fitting_intrinsics
+        if info is not None and info is not self._misfit_camera_info and (fitting is None or info is not fitting[2]):
+            k, k_hw = conv.intrinsics(info)
+            if conv.same_aspect(k_hw, cam_hw):
+                fitting = self._fitting_intrinsics = (k, k_hw, info)
+            else:
+                self._misfit_camera_info = info
+                self._refuse_camera_info(f"it is for {k_hw[1]}x{k_hw[0]} images, the camera sends "
+                                         f"{cam_hw[1]}x{cam_hw[0]} (another aspect ratio)")
+        if fitting is not None and conv.same_aspect(fitting[1], cam_hw):
+            self.projector.set_intrinsics(fitting[0], fitting[1])
+            return fitting
         p = self.params
         if p.fx <= 0:
             self.get_logger().warning(
@@ -347,7 +373,7 @@ class SegNode(Node):
         h, w = cam_hw
         k = conv.k_matrix(p.fx, p.fy or p.fx, p.cx if p.cx >= 0 else (w - 1) / 2, p.cy if p.cy >= 0 else (h - 1) / 2)
         self.projector.set_intrinsics(k, cam_hw)
-        return k, cam_hw
+        return k, cam_hw, None
 
     def _latency_msg(self, header, slot: int, inference_ms: float) -> DiagnosticArray:
         durations = trace.span_durations_ms(self.tracer.spans[slot:slot + 1])[0]
@@ -373,7 +399,8 @@ class SegNode(Node):
         info = self.backend.info
         values = {"input_rate_hz": health.input_hz, "output_rate_hz": health.output_hz, "frames_in": counts.put,
                   "frames_out": self.published, "dropped": counts.dropped, "rejected": self.rejected,
-                  "errors": self.errors, "idle_no_subscribers": self.idle, "depth_dropped": self.depth_dropped,
+                  "errors": self.errors, "camera_info_rejected": self.camera_info_rejected,
+                  "idle_no_subscribers": self.idle, "depth_dropped": self.depth_dropped,
                   "backend": self.backend.name,
                   "model": info.name, "model_input": f"{info.input_size[0]}x{info.input_size[1]}",
                   "input_topic": self.inputs.image, "last_problem": self.last_problem}
@@ -395,9 +422,11 @@ class SegNode(Node):
 
     # --- shutdown ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the worker (waiting at most ~1.5 s for a frame in flight) and write the trace file."""
+        """Stop the worker, then write the trace file and close the backend. A frame in flight is cut short where
+        the backend can (ONNX Runtime) and waited for where it cannot: the backend is never closed under it."""
         self.slot.close()
-        self._worker.join(timeout=1.5)
+        self.backend.interrupt()
+        self._worker.join()
         if self.params.trace_file and self.tracer.committed:
             try:  # a trace that cannot be written must not spoil a clean exit
                 from seg_perception.core.trace_export import write_trace
@@ -415,7 +444,7 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers that shut the context down
     try:
         node = SegNode()
-    except (ParameterError, BackendError, ValueError) as exc:
+    except (ParameterError, BackendError, ValueError, OSError) as exc:
         rclpy.logging.get_logger("seg_node").fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 2
@@ -425,6 +454,10 @@ def main(args: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # rclpy's RCLError
+        if rclpy.ok():
+            raise
+        # SIGINT/SIGTERM shut the context down while the executor was building its wait set: a clean stop
     finally:
         node.close()
         executor.shutdown(timeout_sec=0.5)

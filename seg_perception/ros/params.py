@@ -10,7 +10,9 @@ import math
 from dataclasses import dataclass, fields
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.expand_topic_name import expand_topic_name
 from rclpy.node import Node
+from rclpy.validate_full_topic_name import validate_full_topic_name
 
 from seg_perception.backends import BACKENDS, backend_for
 from seg_perception.backends.device import parse_device
@@ -18,10 +20,14 @@ from seg_perception.backends.onnxruntime_backend import provider_names
 from seg_perception.backends.torch_backend import PRECISIONS
 from seg_perception.core.costmap import CameraPose, GridSpec
 from seg_perception.core.depth_costmap import DepthSpec
+from seg_perception.core.image_codec import MAX_PIXELS
+from seg_perception.core.trace_export import TRACE_SUFFIXES
 from seg_perception.errors import UsageError
 
 INPUT_QOS = ("sensor_data", "best_effort", "reliable")
 OUTPUT_QOS = ("reliable", "best_effort")
+# Building the ground remap table peaks at ~125 bytes per cell (measured): 10 M cells (100 m x 100 m at 3 cm) ~1.2 GB.
+MAX_GRID_CELLS = 10_000_000
 
 
 class ParameterError(UsageError, ValueError):
@@ -68,6 +74,8 @@ PARAMETERS: dict[str, Spec] = {
                        choices=("raw", "compressed")),
     "input_qos": Spec("sensor_data", "input QoS reliability", choices=INPUT_QOS),
     "input_depth": Spec(1, "input queue depth (1 = newest frame only)", range=(1, 100)),
+    "max_input_pixels": Spec(MAX_PIXELS, "frames of more pixels are rejected before decoding (size from the message "
+                                         "or PNG/JPEG header)", range=(1, 1_000_000_000)),
     "output_qos": Spec("reliable", "output QoS reliability (a reliable publisher also serves best-effort "
                                    "subscribers)", choices=OUTPUT_QOS),
     "camera_info_topic": Spec("camera_info", "sensor_msgs/CameraInfo topic; left at camera_info it is the image "
@@ -153,6 +161,7 @@ class NodeParams:
     input_type: str
     input_qos: str
     input_depth: int
+    max_input_pixels: int
     output_qos: str
     camera_info_topic: str
     output_resolution: str
@@ -231,8 +240,13 @@ class NodeParams:
                           self.camera_yaw)
 
     def grid(self) -> GridSpec:
-        return GridSpec(self.costmap_resolution, self.costmap_size_x, self.costmap_size_y, self.costmap_origin_x,
+        grid = GridSpec(self.costmap_resolution, self.costmap_size_x, self.costmap_size_y, self.costmap_origin_x,
                         self.costmap_origin_y, self.costmap_frame, self.costmap_max_range, self.costmap_ignore_bottom)
+        if grid.width * grid.height > MAX_GRID_CELLS:
+            raise ParameterError("costmap_resolution", f"a {self.costmap_size_x:g} m x {self.costmap_size_y:g} m grid "
+                                 f"at {self.costmap_resolution:g} m is {grid.width * grid.height:.3g} cells, more than "
+                                 f"{MAX_GRID_CELLS:.0e}: use coarser cells or a smaller costmap")
+        return grid
 
     def depth(self) -> DepthSpec:
         if self.min_obstacle_height >= self.max_obstacle_height:
@@ -276,6 +290,14 @@ def check(name: str, value: object) -> None:
         raise ParameterError(name, f"'{value}' is not one of {', '.join(spec.choices)}")
     if name == "input_topic" and not value:
         raise ParameterError(name, "must not be empty")
+    if name in ("input_topic", "camera_info_topic", "depth_topic") and value:
+        try:
+            validate_full_topic_name(expand_topic_name(value, "seg_node", "/"))
+        except Exception as exc:  # rclpy raises ValueError or InvalidTopicNameException, with a multi-line text
+            raise ParameterError(name, f"'{value}' is not a valid topic name: "
+                                       f"{str(exc).splitlines()[0].split(', at /')[0]}") from None
+    if name == "trace_file" and value and not value.lower().endswith(TRACE_SUFFIXES):
+        raise ParameterError(name, f"'{value}' must end in one of {', '.join(TRACE_SUFFIXES)}")
     validate = {"device": parse_device, "providers": provider_names}.get(name)
     if validate is not None:
         try:
