@@ -288,7 +288,7 @@ def _bag_table(rows: list[dict]) -> str:
 
 def check_out_dir(out: Path) -> None:
     """Reports go into a new or empty folder, so a run never overwrites one before it."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise EvalError(f"'{out}' already exists and is not an empty folder; give a new --out")
 
 
