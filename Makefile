@@ -21,14 +21,14 @@ $(VENV)/.runtime: setup.py setup.cfg | $(PY)
 # Development: torch==2.13.0 is the CPU wheel on disk here; a bare `torch` would pull a CUDA build.
 $(VENV)/.dev: $(VENV)/.runtime
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[ros,models,test]'
+	$(PY) -m pip install -q -e '.[ros,models,test,fleet]'
 	touch $@
 
 demo: $(VENV)/.runtime
 	$(VENV)/bin/seg-perception demo --out demo_out
 
 test: $(VENV)/.dev
-	$(PY) -m pytest test -n 2 -q --timeout 600 -p no:cacheprovider
+	$(PY) -m pytest test -n 2 --dist loadgroup -q --timeout 600 -p no:cacheprovider
 
 bench: $(VENV)/.dev
 	$(PY) bench/run_all.py

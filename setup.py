@@ -31,6 +31,8 @@ EXTRAS = {
     "models": ["torch==2.13.0", "fvcore>=0.1.5"],
     # NVIDIA GPUs: TensorRT 10 Python bindings and cuda-python for streams, events and page-locked buffers.
     "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
+    # Fleet evaluation on Ray (`eval bags --workers N` / `--ray ADDRESS`); the single-process path needs none.
+    "fleet": ["ray>=2.40"],
     # transformers: a segmentation model whose code nobody here wrote, for the `wrap` tests (uses the torch above).
     "test": ["pytest>=8", "pytest-xdist>=3", "pytest-timeout>=2", "colcon-common-extensions>=0.3", "transformers>=4.40",
              # colcon builds vision_msgs' LabelInfo for the node tests (vision_msgs has no wheel)

@@ -2,6 +2,9 @@
 `SegPipeline.decode_raw` / `decode_compressed` and run by `SegPipeline.process`, traced stage by stage; frames
 whose header stamp matches a ground-truth stamp (mono8 train-id topic, or `<stamp_ns>.png` files) are scored.
 
+A config's `window_ns` runs only the images logged in one time slice of the bag: fleet evaluation
+(seg_perception/eval/fleet.py) splits long bags so and sums the slices' statistics.
+
 `--write-bag` also stores what seg_node would publish (mask, colour mask, costmaps projected with the bag's
 CameraInfo and the node's camera-pose / grid parameters) next to the camera topics, for RViz or Foxglove.
 
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_perception.backends import open_backend
+from seg_perception.backends import Backend, open_backend
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.core.trace import Tracer
 from seg_perception.eval import EvalError, require_cityscapes_classes
@@ -30,9 +33,13 @@ from seg_perception.eval.bag_io import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IM
                                         BagWriter, grid_array, gt_dir_index, image_msg, mono8_array,
                                         occupancy_grid_msg, stamp_ns)
 from seg_perception.eval.cityscapes import read_ids
+from seg_perception.eval.costmap_metrics import CostmapIoU
 from seg_perception.eval.metrics import EvalStats, accumulate
 
 MASK_TOPIC, COLOR_TOPIC = "/semantic_mask", "/semantic_mask/color"  # seg_node's names in the root namespace
+# A slice reads ground truth and intrinsics logged this far beyond its window: a frame's ground truth is
+# logged close to it, and may fall just past a slice boundary.
+SLICE_MARGIN_NS = 1_000_000_000
 
 
 @dataclass
@@ -51,6 +58,7 @@ class BagEvalConfig:
     params_file: Path | None = None  # seg_node parameters YAML: camera pose, grid, cost table for costmaps
     depth_topic: str = "/camera/depth/image_raw"  # registered depth for depth costmaps (absent from the bag: none)
     topdown_topic: str = "/camera/semantic_gt_topdown"  # true top-down map: costmap scoring (absent: none)
+    window_ns: tuple[int | None, int | None] | None = None  # log time [start, stop) of the images to run; None: all
 
     def __post_init__(self) -> None:
         if bool(self.gt_topic) == (self.gt_dir is not None):
@@ -65,7 +73,36 @@ class BagEvalResult:
     unmatched_frames: int  # images without ground truth within the tolerance
     unmatched_gt: int  # ground-truth stamps no image matched
     model_info: object
-    costmap_iou: dict | None = None  # eval.costmap_metrics.CostmapIoU.report(), when the bag has a top-down map
+    matched_gt: frozenset[int]  # ground-truth stamps some image matched (slices of one bag add up by union)
+    costmap_iou: CostmapIoU | None = None  # counts (.report() scores them) when the bag has a top-down map
+
+
+def no_match_error(config: BagEvalConfig, frames: int, gt_stamps: int) -> EvalError:
+    return EvalError(f"no image on '{config.image_topic}' has ground truth within {config.stamp_tolerance_ms} ms "
+                     f"of its header stamp ({frames} images, {gt_stamps} ground-truth stamps)")
+
+
+def report_source(config: BagEvalConfig, num_frames: int, unmatched_frames: int, unmatched_gt: int) -> dict:
+    """The `source` block of a bag's report."""
+    return {"dataset": "bag", "bag": str(config.bag), "image_topic": config.image_topic,
+            "gt": config.gt_topic or str(config.gt_dir), "num_frames": num_frames,
+            "unmatched_frames": unmatched_frames, "unmatched_gt": unmatched_gt,
+            "write_bag": str(config.write_bag) if config.write_bag else None}
+
+
+def _read_span(config: BagEvalConfig) -> tuple[int | None, int | None]:
+    """The log times to read: all, or a slice's window widened by SLICE_MARGIN_NS."""
+    if config.window_ns is None:
+        return None, None
+    start, stop = config.window_ns
+    return (None if start is None else start - SLICE_MARGIN_NS), (None if stop is None else stop + SLICE_MARGIN_NS)
+
+
+def _in_window(config: BagEvalConfig, log_ns: int) -> bool:
+    if config.window_ns is None:
+        return True
+    start, stop = config.window_ns
+    return (start is None or log_ns >= start) and (stop is None or log_ns < stop)
 
 
 def _nearest(stamps: list[int], ns: int, tolerance_ns: int) -> int | None:
@@ -141,18 +178,21 @@ class _Outputs:
         self.writer.close()
 
 
-def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None = None) -> BagEvalResult:
-    """on_frame(total_frames) is called after every image, e.g. to move a progress bar."""
+def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None = None,
+                 backend: Backend | None = None) -> BagEvalResult:
+    """on_frame(total_frames) is called after every image, e.g. to move a progress bar. backend: an open backend
+    to run (left open, e.g. one a fleet worker keeps for all its bags); None opens config.model."""
     with BagReader(config.bag) as reader:
         image_type = reader.topic(config.image_topic, IMAGE_TYPES)
         if config.gt_topic:
             reader.topic(config.gt_topic, (IMAGE,))
-            gt_stamps = sorted(stamp_ns(m.header) for _, _, m in reader.messages([config.gt_topic]))
+            gt_stamps = sorted(stamp_ns(m.header)
+                               for _, _, m in reader.messages([config.gt_topic], *_read_span(config)))
             gt_files = {}
         else:
             gt_files = gt_dir_index(config.gt_dir)
             gt_stamps = sorted(gt_files)
-        if not gt_stamps:
+        if not gt_stamps and config.window_ns is None:  # a slice may hold none; its bag as a whole is checked
             raise EvalError(f"no ground truth in '{config.gt_topic or config.gt_dir}'")
         info_topic = config.camera_info_topic if config.camera_info_topic in reader.topics else ""
         if info_topic:
@@ -170,8 +210,10 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
         if n_frames == 0:
             raise EvalError(f"topic '{config.image_topic}' in '{config.bag}' has no messages")
 
-        options = {"threads": config.threads} if config.threads else {}
-        backend = open_backend(config.model, config.backend, **options)
+        own_backend = backend is None
+        if own_backend:
+            backend = open_backend(config.model, config.backend, **({"threads": config.threads} if config.threads
+                                                                    else {}))
         try:
             require_cityscapes_classes(backend.info)
             projector, fused_lut = (_projector(config, backend.info.class_names)
@@ -185,13 +227,14 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
                 result = _run(config, reader, pipeline, outputs, image_type, info_topic, gt_stamps, gt_files,
                               n_frames, on_frame, scoring, topdown_topic)
                 if scoring is not None:
-                    result.costmap_iou = scoring.iou.report()
+                    result.costmap_iou = scoring.iou
                 return result
             finally:
                 if outputs is not None:
                     outputs.close()
         finally:
-            backend.close()
+            if own_backend:
+                backend.close()
 
 
 class _CostmapScoring:
@@ -200,7 +243,6 @@ class _CostmapScoring:
 
     def __init__(self, projector, fused_lut: np.ndarray, class_names, depth_topic: str, tolerance_ns: int) -> None:
         from seg_perception.core.depth_costmap import DepthDecoder
-        from seg_perception.eval.costmap_metrics import CostmapIoU
 
         self.projector, self.depth_topic, self.tolerance_ns = projector, depth_topic, tolerance_ns
         self.iou = CostmapIoU(tuple(class_names), fused_lut)
@@ -286,7 +328,9 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
 
     depth_topic = scoring.depth_topic if scoring is not None else ""
     topics = [t for t in (config.image_topic, config.gt_topic, info_topic, depth_topic, topdown_topic) if t]
-    for conn, log_ns, raw in reader.raw_messages(topics):
+    for conn, log_ns, raw in reader.raw_messages(topics, *_read_span(config)):
+        if conn.topic == config.image_topic and not _in_window(config, log_ns):
+            continue  # another slice's frame
         if outputs is not None and conn.topic not in (config.gt_topic, depth_topic, topdown_topic):
             outputs.copy(conn, log_ns, raw)
         msg = reader.deserialize(raw, conn.msgtype)
@@ -333,7 +377,12 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
             score(gt_ns, gts.pop(gt_ns), result.mask)
         else:
             waiting[gt_ns] = result.mask.copy()  # the pipeline reuses its buffers
-    if stats.num_images == 0:
-        raise EvalError(f"no image on '{config.image_topic}' has ground truth within {config.stamp_tolerance_ms} ms "
-                        f"of its header stamp ({frames} images, {len(gt_stamps)} ground-truth stamps)")
-    return BagEvalResult(stats, tracer, frames, unmatched, len(gt_stamps) - len(matched), pipeline.info)
+    if config.window_ns is not None:
+        late = len(waiting) + (len(scoring.waiting) if scoring is not None else 0)
+        if late:
+            raise EvalError(f"'{config.bag}': the ground truth of {late} frames is logged more than "
+                            f"{SLICE_MARGIN_NS / 1e9:g} s from them; evaluate this bag whole (no slices)")
+    elif stats.num_images == 0:
+        raise no_match_error(config, frames, len(gt_stamps))
+    return BagEvalResult(stats, tracer, frames, unmatched, len(gt_stamps) - len(matched), pipeline.info,
+                         frozenset(matched))

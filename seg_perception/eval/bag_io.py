@@ -277,17 +277,23 @@ class BagReader:
     def count(self, topic: str) -> int:
         return sum(c.msgcount for c in self._reader.connections if c.topic == topic)
 
-    def messages(self, topics: Iterable[str]) -> Iterator[tuple[str, int, object]]:
-        """(topic, log time ns, deserialized message) in log-time order."""
-        for conn, log_ns, raw in self.raw_messages(topics):
+    @property
+    def log_span_ns(self) -> tuple[int, int]:
+        """Log times of the first message and just after the last."""
+        return self._reader.start_time, self._reader.end_time
+
+    def messages(self, topics: Iterable[str], start_ns: int | None = None,
+                 stop_ns: int | None = None) -> Iterator[tuple[str, int, object]]:
+        """(topic, log time ns, deserialized message) in log-time order, logged in [start_ns, stop_ns)."""
+        for conn, log_ns, raw in self.raw_messages(topics, start_ns, stop_ns):
             yield conn.topic, log_ns, self._reader.deserialize(raw, conn.msgtype)
 
-    def raw_messages(self, topics: Iterable[str]):
-        """(connection, log time ns, CDR bytes) in log-time order."""
+    def raw_messages(self, topics: Iterable[str], start_ns: int | None = None, stop_ns: int | None = None):
+        """(connection, log time ns, CDR bytes) in log-time order, logged in [start_ns, stop_ns) (None: open)."""
         wanted = set(topics)
         connections = [c for c in self._reader.connections if c.topic in wanted]
         try:
-            yield from self._reader.messages(connections=connections)
+            yield from self._reader.messages(connections=connections, start=start_ns, stop=stop_ns)
         except Exception as exc:  # rosbags' ReaderError (a chunk CRC mismatch, a bad record) and struct errors
             raise EvalError(f"bag '{self.path}' is damaged: {exc}") from exc
 

@@ -1,5 +1,5 @@
-"""`seg-perception eval cityscapes|bag`: score a model (or prediction PNGs) and write report.json, report.md and
-report_confusion.png. Bad input exits non-zero with the problem on stderr and writes no report."""
+"""`seg-perception eval cityscapes|bag|bags`: score a model (or prediction PNGs) and write report.json, report.md
+and report_confusion.png. Bad input exits non-zero with the problem on stderr and writes no report."""
 
 from __future__ import annotations
 
@@ -27,12 +27,15 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
-def _model_arguments(p: argparse.ArgumentParser, threads_help: str) -> None:
+def _model_arguments(p: argparse.ArgumentParser, threads_help: str,
+                     out_help: str = "report.json path; .md and _confusion.png go beside it",
+                     overwrite: bool = True) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--threads", type=int, default=0, help=threads_help)
-    p.add_argument("--out", required=True, type=Path, help="report.json path; .md and _confusion.png go beside it")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace output files that already exist (never through a symbolic link)")
+    p.add_argument("--out", required=True, type=Path, help=out_help)
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace output files that already exist (never through a symbolic link)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -62,24 +65,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          description="Run seg_node's pipeline on every frame of a bag and score the frames whose "
                                      "stamp matches ground truth.")
     bag.add_argument("bag", type=Path, help="bag folder (metadata.yaml + .db3/.mcap)")
-    bag.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
-    gt = bag.add_mutually_exclusive_group(required=True)
-    gt.add_argument("--gt-topic", help="mono8 Image topic of train ids (255 = ignore)")
-    gt.add_argument("--gt-dir", type=Path, help="folder of <stamp_ns>.png train-id images")
-    bag.add_argument("--model", default="", help="ONNX file, TensorRT engine or zoo name (default: embedded model)")
-    bag.add_argument("--stamp-tolerance-ms", type=float, default=1.0,
-                     help="largest image/ground-truth header stamp difference that still matches")
-    bag.add_argument("--camera-info-topic", default="/camera/camera_info", help="intrinsics for --write-bag costmaps")
+    _bag_arguments(bag)
     bag.add_argument("--write-bag", type=Path, help="new bag with masks, colour masks and costmaps")
     bag.add_argument("--write-storage", default="mcap", choices=("sqlite3", "mcap"))
-    bag.add_argument("--params-file", type=Path,
-                     help="seg_node parameters YAML (camera pose, grid, cost table) for --write-bag costmaps")
-    bag.add_argument("--depth-topic", default="/camera/depth/image_raw",
-                     help="registered depth (16UC1/32FC1): scores depth-built costmaps beside flat-ground ones")
-    bag.add_argument("--topdown-topic", default="/camera/semantic_gt_topdown",
-                     help="true top-down map (OccupancyGrid of train ids): scores the costmaps when in the bag")
     bag.add_argument("--trace", type=Path, help="write the stage trace: .json (Chrome/Perfetto), .csv or .png")
     _model_arguments(bag, "inference threads (0 = backend default)")
+
+    bags = sub.add_parser("bags", help="many bags, in one process or on Ray (local or a cluster)",
+                          description="Score every bag under PATH... as `eval bag` does, one task per bag (or per "
+                                      "--slice-seconds of a long bag). DIR gets report.json, report.md (totals, "
+                                      "a row per bag, worst first, failed bags listed) and bags/<name>.json per bag.")
+    bags.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                      help="bag folders, .mcap / .db3 files, or folders searched for them recursively")
+    _bag_arguments(bags)
+    where = bags.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=0, metavar="N",
+                       help="run on a local Ray started in this process with N CPUs (the [fleet] extra); "
+                            "0: in one process, without Ray")
+    where.add_argument("--ray", default="", metavar="ADDRESS",
+                       help="join the Ray cluster at ADDRESS, as `ray start` prints it on the head machine")
+    bags.add_argument("--slice-seconds", type=float, default=0.0,
+                      help="split bags longer than this into tasks of this much log time (0 = one task per bag)")
+    _model_arguments(bags, "inference threads per task (0 = backend default; on Ray 0 means 1), and the CPUs Ray "
+                           "reserves for a task", out_help="new or empty folder for the reports (DIR)", overwrite=False)
+
+
+def _bag_arguments(p: argparse.ArgumentParser) -> None:
+    """What `eval bag` and `eval bags` share: topics, ground truth, model, stamp matching, costmaps."""
+    p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    gt = p.add_mutually_exclusive_group(required=True)
+    gt.add_argument("--gt-topic", help="mono8 Image topic of train ids (255 = ignore)")
+    gt.add_argument("--gt-dir", type=Path, help="folder of <stamp_ns>.png train-id images")
+    p.add_argument("--model", default="", help="ONNX file, TensorRT engine or zoo name (default: embedded model)")
+    p.add_argument("--stamp-tolerance-ms", type=float, default=1.0,
+                   help="largest image/ground-truth header stamp difference that still matches")
+    p.add_argument("--camera-info-topic", default="/camera/camera_info", help="intrinsics for costmaps")
+    p.add_argument("--params-file", type=Path,
+                   help="seg_node parameters YAML (camera pose, grid, cost table) for costmaps")
+    p.add_argument("--depth-topic", default="/camera/depth/image_raw",
+                   help="registered depth (16UC1/32FC1): scores depth-built costmaps beside flat-ground ones")
+    p.add_argument("--topdown-topic", default="/camera/semantic_gt_topdown",
+                   help="true top-down map (OccupancyGrid of train ids): scores the costmaps when in the bag")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from seg_perception.core.image_codec import ImageDecodeError
 
     try:  # before any work: outputs that exist, links and unwritable folders
+        if args.dataset == "bags":
+            return _bags(args)  # --out is a folder, new or empty: _bags checks it
         claim(report_paths(args.out) + ([args.trace] if getattr(args, "trace", None) else []), args.overwrite)
         return _cityscapes(args) if args.dataset == "cityscapes" else _bag(args)
     except (EvalError, BackendError, ImageDecodeError, ValueError, OSError) as exc:
@@ -140,7 +168,7 @@ def _cityscapes(args: argparse.Namespace) -> int:
 
 
 def _bag(args: argparse.Namespace) -> int:
-    from seg_perception.eval.bag_eval import BagEvalConfig, evaluate_bag
+    from seg_perception.eval.bag_eval import BagEvalConfig, evaluate_bag, report_source
     from seg_perception.eval.report import build_report, model_identity, write_report
 
     config = BagEvalConfig(args.bag, args.image_topic, args.gt_topic or "", args.gt_dir, args.model, args.backend,
@@ -162,16 +190,47 @@ def _bag(args: argparse.Namespace) -> int:
         from seg_perception.core.trace_export import write_trace
 
         write_trace(result.tracer, args.trace, title=f"eval bag {args.bag}, model {result.model_info.name}")
-    source = {"dataset": "bag", "bag": str(args.bag), "image_topic": args.image_topic,
-              "gt": args.gt_topic or str(args.gt_dir), "num_frames": result.num_frames,
-              "unmatched_frames": result.unmatched_frames, "unmatched_gt": result.unmatched_gt,
-              "write_bag": str(args.write_bag) if args.write_bag else None}
-    extra = {"costmap_iou": result.costmap_iou} if result.costmap_iou else None
+    source = report_source(config, result.num_frames, result.unmatched_frames, result.unmatched_gt)
+    extra = {"costmap_iou": result.costmap_iou.report()} if result.costmap_iou is not None else None
     report, scored = build_report(result.stats, result.tracer.durations_ms(), source,
                                   model_identity(args.model, result.model_info), extra)
     paths = write_report(report, scored, args.out)
     _print_summary(report, paths)
     return 0
+
+
+def _bags(args: argparse.Namespace) -> int:
+    from seg_perception.eval.bag_eval import BagEvalConfig
+    from seg_perception.eval.fleet import check_out_dir, evaluate_fleet, find_bags, plan_fleet, write_fleet_reports
+
+    if args.workers < 0 or args.slice_seconds < 0:
+        raise EvalError("--workers and --slice-seconds must be >= 0")
+    check_out_dir(args.out)  # before the run, not after hours of it
+    config = BagEvalConfig(Path(), args.image_topic, args.gt_topic or "", args.gt_dir, args.model, args.backend,
+                           args.threads, args.stamp_tolerance_ms, args.camera_info_topic,
+                           params_file=args.params_file, depth_topic=args.depth_topic,
+                           topdown_topic=args.topdown_topic)
+    plans = plan_fleet(find_bags(args.paths), config, args.slice_seconds)
+    bar = _progress(args, sum(p.frames for p in plans), "frame")
+
+    def on_result(result, bags_done: int) -> None:
+        bar.update(result.frames)
+        bar.set_postfix_str(f"bags {bags_done}/{len(plans)}", refresh=False)
+
+    try:
+        with bar:
+            result = evaluate_fleet(config, plans, args.workers, args.ray, on_result)
+    except KeyboardInterrupt:
+        print("seg-perception eval bags: interrupted; the tasks it started were stopped and no report was written",
+              file=sys.stderr)
+        return 130
+    report, paths = write_fleet_reports(result, args.out)
+    failed = [b for b in result.bags if b.error is not None]
+    for b in failed:
+        print(f"failed: {b.plan.path}: {b.error}", file=sys.stderr)
+    _print_summary(report, paths)
+    print(f"{len(result.bags) - len(failed)} of {len(result.bags)} bags scored ({result.runner})")
+    return 1 if failed else 0
 
 
 def _print_summary(report: dict, paths: list[Path]) -> None:

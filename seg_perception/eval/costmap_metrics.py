@@ -66,6 +66,17 @@ class CostmapIoU:
             inter[key] = inter.get(key, 0) + int(np.count_nonzero(pred & true & scored))
             union[key] = union.get(key, 0) + int(np.count_nonzero((pred | true) & scored))
 
+    def merge(self, other: "CostmapIoU") -> "CostmapIoU":
+        """Add another's counts (the same classes and cost table): frames scored apart add up exactly."""
+        for mine, theirs in ((self.intersection, other.intersection), (self.union, other.union)):
+            for mode, layers in theirs.items():
+                counts = mine.setdefault(mode, {})
+                for key, n in layers.items():
+                    counts[key] = counts.get(key, 0) + n
+        for mode, n in other.frames.items():
+            self.frames[mode] = self.frames.get(mode, 0) + n
+        return self
+
     def report(self) -> dict:
         """{'frames': {mode: n}, mode: {layer: IoU 0..1 or None where neither side had a cell}}"""
         out: dict = {"frames": dict(self.frames)}

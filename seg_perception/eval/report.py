@@ -90,11 +90,16 @@ def report_paths(out: str | os.PathLike) -> list[Path]:
     return [out, out.with_suffix(".md"), out.with_name(out.stem + "_confusion.png")]
 
 
-def write_report(report: dict, scored: Scores, out: str | os.PathLike) -> list[Path]:
-    """Write the `report_paths(out)`, report.json last (its presence means the run completed); returns them."""
+def write_report(report: dict, scored: Scores, out: str | os.PathLike, confusion_png: bool = True,
+                 more_markdown: str = "") -> list[Path]:
+    """Write the `report_paths(out)` (the PNG only with confusion_png; more_markdown after the Markdown tables),
+    report.json last (its presence means the run completed); returns the paths written."""
     paths = report_paths(out)
-    replace_file(paths[1], lambda tmp: tmp.write_text(markdown(report)))
-    replace_file(paths[2], lambda tmp: write_confusion_png(scored.confusion_matrix, tmp, title=_title(report)))
+    replace_file(paths[1], lambda tmp: tmp.write_text(markdown(report) + more_markdown))
+    if confusion_png:
+        replace_file(paths[2], lambda tmp: write_confusion_png(scored.confusion_matrix, tmp, title=_title(report)))
+    else:
+        paths.pop(2)
     replace_file(paths[0], lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     return paths
 
