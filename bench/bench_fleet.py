@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_perception.bags import write_drive_bag
 from seg_perception.data.synthetic import render_drive
 from seg_perception.deploy.export import parse_hw
 from seg_perception.eval.bag_eval import BagEvalConfig
-from seg_perception.eval.bag_io import write_drive_bag
 from seg_perception.eval.fleet import evaluate_fleet, find_bags, plan_fleet
 
 

@@ -96,7 +96,7 @@ def ros_environment() -> dict[str, str]:
 def write_drive(cfg: DemoConfig, bag: Path) -> Path:
     from seg_perception.core.costmap import GridSpec
     from seg_perception.data.synthetic import Camera, render_drive
-    from seg_perception.eval.bag_io import write_drive_bag
+    from seg_perception.bags import write_drive_bag
 
     h, w = cfg.size
     rng = np.random.default_rng(cfg.seed)
@@ -226,7 +226,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from seg_perception.backends.onnxruntime_backend import read_model_info
     from seg_perception.core.trace_export import format_table
     from seg_perception.eval.bag_eval import node_projector
-    from seg_perception.eval.bag_io import BagReader, mono8_array, stamp_ns
+    from seg_perception.bags import BagReader, mono8_array, stamp_ns
     from seg_perception.eval.metrics import EvalStats, accumulate
     from seg_perception.eval.report import build_report, model_identity, write_report
 
@@ -331,7 +331,7 @@ def score_costmaps(received: Received, bag: Path, projector, fused_lut: np.ndarr
     layers from the received masks through the same projector. Returns (CostmapIoU.report(), the last scored
     frame's (truth, flat fused layer, depth fused layer), or None)."""
     from seg_perception.core.costmap import FUSED
-    from seg_perception.eval.bag_io import BagReader, grid_array, stamp_ns
+    from seg_perception.bags import BagReader, grid_array, stamp_ns
     from seg_perception.eval.costmap_metrics import CostmapIoU, resample_truth, visible_cells
 
     iou, last, visible = CostmapIoU(tuple(class_names), fused_lut), None, None

@@ -13,3 +13,7 @@ class UsageError(Exception):
 
 class OptionError(UsageError, ValueError):
     """An option that does not apply to what it was given (e.g. `--dynamic` for a fixed-size family)."""
+
+
+class EvalError(UsageError, RuntimeError):
+    """Input that cannot be evaluated (missing folder, unmatched files, a bag without the topic); names it."""

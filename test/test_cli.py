@@ -122,7 +122,7 @@ def test_eval_runs_without_torch(no_torch, tiny_onnx, tmp_path):
     """Both evaluations, end to end on a real model, in a process that cannot import torch. (demo, replay and
     bench run that way in their own tests.)"""
     from seg_perception.data.synthetic import render_scene, write_cityscapes
-    from seg_perception.eval.bag_io import write_drive_bag
+    from seg_perception.bags import write_drive_bag
 
     write_cityscapes(tmp_path / "cs", "val", 1, size=(64, 128), seed=0)
     rng = np.random.default_rng(0)

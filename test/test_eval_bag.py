@@ -11,10 +11,10 @@ import hand_metrics
 import numpy as np
 import pytest
 
+from seg_perception.bags import BagReader, PinholeCamera, mono8_array, stamp_ns, write_drive_bag
 from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
 from seg_perception.cli import main
 from seg_perception.core.pipeline import SegPipeline
-from seg_perception.eval.bag_io import BagReader, PinholeCamera, mono8_array, stamp_ns, write_drive_bag
 
 H, W = 72, 144  # camera size, not the model's 64x128
 START_NS, RATE = 1_700_000_000_000_000_000, 10.0

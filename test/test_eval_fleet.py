@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seg_perception.bags import BagWriter, image_msg, write_drive_bag
 from seg_perception.cli import main
 from seg_perception.core.costmap import GridSpec
 from seg_perception.data.synthetic import Camera, render_drive
-from seg_perception.eval.bag_io import BagWriter, image_msg, write_drive_bag
 from seg_perception.eval.fleet import find_bags, slice_windows
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
+from seg_perception.bags import write_drive_bag  # noqa: E402
 from seg_perception.cli import main  # noqa: E402
-from seg_perception.eval.bag_io import write_drive_bag  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 START_NS, N = 1_700_000_000_000_000_000, 5

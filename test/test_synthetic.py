@@ -107,7 +107,7 @@ def test_cityscapes_layout_is_what_cityscapesscripts_and_the_evaluator_read(tmp_
 
 
 def test_synth_cli_writes_a_drive_bag(tmp_path):
-    from seg_perception.eval.bag_io import CAMERA_INFO, IMAGE, BagReader, grid_array, mono8_array
+    from seg_perception.bags import CAMERA_INFO, IMAGE, BagReader, grid_array, mono8_array
     bag = tmp_path / "drive"
     subprocess.run([sys.executable, "-m", "seg_perception.cli", "synth", "--bag", str(bag), "--frames", "3",
                     "--size", "48x96", "--seed", "4"], check=True, timeout=120)

@@ -70,7 +70,7 @@ class Camera:
 
     def pinhole(self):
         """These intrinsics as the bag writer's CameraInfo description."""
-        from seg_perception.eval.bag_io import PinholeCamera
+        from seg_perception.bags import PinholeCamera
         return PinholeCamera(self.focal, self.focal, self.cx, self.cy)
 
     def project(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -747,7 +747,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     if args.bag:
-        from seg_perception.eval.bag_io import write_drive_bag
+        from seg_perception.bags import write_drive_bag
         h, w = args.size
         grid = GridSpec()  # seg_node's default costmap grid, the camera above its origin
         frames = progress_bar(args.frames, "frame", desc=args.bag,

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from seg_perception.backends import Backend, open_backend
+from seg_perception.bags import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, OCCUPANCY_GRID, BagReader,
+                                 BagWriter, grid_array, gt_dir_index, image_msg, mono8_array, occupancy_grid_msg,
+                                 stamp_ns)
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.core.trace import Tracer
 from seg_perception.eval import EvalError, require_cityscapes_classes
-from seg_perception.eval.bag_io import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, OCCUPANCY_GRID, BagReader,
-                                        BagWriter, grid_array, gt_dir_index, image_msg, mono8_array,
-                                        occupancy_grid_msg, stamp_ns)
 from seg_perception.eval.cityscapes import read_ids
 from seg_perception.eval.costmap_metrics import CostmapIoU
 from seg_perception.eval.metrics import EvalStats, accumulate

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from seg_perception.backends import Backend, open_backend
+from seg_perception.bags import IMAGE, IMAGE_TYPES, BagReader, gt_dir_index
 from seg_perception.core.trace import STAGES
 from seg_perception.eval import EvalError
 from seg_perception.eval.bag_eval import BagEvalConfig, evaluate_bag, no_match_error, report_source
-from seg_perception.eval.bag_io import IMAGE, IMAGE_TYPES, BagReader, gt_dir_index
 from seg_perception.eval.costmap_metrics import CostmapIoU
 from seg_perception.eval.metrics import EvalStats, Scores
 from seg_perception.eval.report import build_report, model_identity, write_report

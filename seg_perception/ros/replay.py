@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from seg_perception.eval import EvalError
-from seg_perception.eval.bag_io import CAMERA_INFO, IMAGE_TYPES, BagReader
+from seg_perception.bags import CAMERA_INFO, IMAGE_TYPES, BagReader
+from seg_perception.errors import EvalError
 
 DEFAULT_TYPES = IMAGE_TYPES + (CAMERA_INFO,)
 

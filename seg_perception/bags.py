@@ -25,7 +25,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from seg_perception.eval import EvalError
+from seg_perception.errors import EvalError
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 IMAGE = "sensor_msgs/msg/Image"
