@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from seg_perception.deploy.export import parse_hw
 from seg_perception.models.registry import build_model
+from seg_perception.sizes import parse_hw
 
 VARIANTS = {"masked": "mask2former-r50", "emca": "mask2former-emca-r50"}
 

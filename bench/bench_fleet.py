@@ -22,9 +22,9 @@ import numpy as np
 
 from seg_perception.bags import write_drive_bag
 from seg_perception.data.synthetic import render_drive
-from seg_perception.deploy.export import parse_hw
 from seg_perception.eval.bag_eval import BagEvalConfig
 from seg_perception.eval.fleet import evaluate_fleet, find_bags, plan_fleet
+from seg_perception.sizes import parse_hw
 
 
 def fleet_run(config: BagEvalConfig, root: Path, workers: int) -> tuple[float, float, np.ndarray, int]:

@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
     from seg_perception.backends.torch_backend import TorchBackend
-    from seg_perception.deploy.export import export_onnx, model_info_for, parse_hw
+    from seg_perception.deploy.export import export_onnx, model_info_for
     from seg_perception.models.registry import VARIANTS, build_model
+    from seg_perception.sizes import parse_hw
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="", help="comma-separated zoo names (default: every registered model)")

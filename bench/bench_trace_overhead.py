@@ -29,7 +29,7 @@ from seg_perception.backends import DEFAULT_MODEL, open_backend
 from seg_perception.core import trace
 from seg_perception.core.bench import camera_frames, frame_decoder
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
-from seg_perception.deploy.export import parse_hw
+from seg_perception.sizes import parse_hw
 
 _NOW = trace._NOW
 _FALLBACK = ("metaseg-t", (512, 1024))  # exported when the default model is not built yet

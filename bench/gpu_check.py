@@ -311,7 +311,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
-    from seg_perception.deploy.export import parse_hw
+    from seg_perception.sizes import parse_hw
 
     return [parse_hw(s) for s in text.split(",") if s]
 

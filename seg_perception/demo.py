@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from seg_perception.core.trace import END_TO_END, STAGES, TRANSPORT, StageSummary
-from seg_perception.deploy.export import parse_hw
 from seg_perception.errors import UsageError
 from seg_perception.pictures import (CameraView, GridGeometry, draw_costmap, draw_overlay, draw_topdown_classes,
                                      new_figure, save_figure, stamp_text, write_costmap_png, write_overlay_png)
 from seg_perception.output_files import prepare_folder, record_made
+from seg_perception.sizes import parse_hw
 
 IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/camera_info", "/camera/semantic_gt"
 DEPTH_TOPIC, TOPDOWN_TOPIC = "/camera/depth/image_raw", "/camera/semantic_gt_topdown"

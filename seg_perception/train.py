@@ -17,10 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_perception.deploy.export import add_classes_argument, add_trust_argument, parse_hw
+from seg_perception.deploy.export import add_classes_argument, add_trust_argument
 from seg_perception.eval.cityscapes import Sample, find_samples, read_ids, read_rgb
 from seg_perception.eval.metrics import LABEL_TO_TRAIN, EvalStats, accumulate, scores
 from seg_perception.labels import IGNORE_ID, IMAGENET_MEAN, IMAGENET_STD
+from seg_perception.sizes import parse_hw
 
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 

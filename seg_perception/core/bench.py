@@ -22,8 +22,8 @@ from seg_perception.core import trace
 from seg_perception.core.costmap import CameraPose, GridSpec, GroundProjector
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.core.trace_export import format_table, write_trace
-from seg_perception.deploy.export import parse_hw
 from seg_perception.progress import progress_bar
+from seg_perception.sizes import parse_hw
 
 ENCODINGS = ("rgb8", "bgr8", "jpeg")
 _DISTINCT_FRAMES = 4  # cycled, so the loop itself allocates nothing

@@ -730,7 +730,7 @@ def write_cityscapes(root: str | Path, split: str, n: int, size: tuple[int, int]
 # ---- CLI -----------------------------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from seg_perception.deploy.export import parse_hw
+    from seg_perception.sizes import parse_hw
     p.add_argument("--out", default="synthetic", help="dataset root (Cityscapes layout)")
     p.add_argument("--split", action="append", default=None,
                    help="SPLIT or SPLIT:N, repeatable (default: train:200 and val:50)")

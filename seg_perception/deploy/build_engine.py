@@ -21,7 +21,7 @@ from seg_perception.backends.engine_cache import (
     PRECISIONS, EngineKey, Platform, Sidecar, detect_platform, engine_path_for, ensure_engine, import_cudart,
     import_tensorrt, missing_engine_error, sha256_file, write_engine,
 )
-from seg_perception.deploy.export import parse_hw
+from seg_perception.sizes import parse_hw
 
 log = logging.getLogger(__name__)
 

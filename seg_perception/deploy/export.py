@@ -12,6 +12,7 @@ from pathlib import Path
 
 from seg_perception.backends.base import ModelInfo
 from seg_perception.errors import OptionError
+from seg_perception.sizes import parse_hw
 
 OPSET = 17
 
@@ -201,16 +202,6 @@ def export_zoo(name: str, input_size: tuple[int, int], out: str | Path, checkpoi
         print(f"loaded {checkpoint}: " + report.describe().replace("\n", "; "))
     info = model_info_for(name, input_size, classes, with_logits=with_logits)
     return export_onnx(model, info, out, with_logits=with_logits, dynamic=dynamic, opset=opset)
-
-
-def parse_hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 512x1024, got '{text}'") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive HxW such as 512x1024, got '{text}'")
-    return h, w
 
 
 def add_classes_argument(p: argparse.ArgumentParser) -> None:

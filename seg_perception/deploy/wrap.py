@@ -367,7 +367,8 @@ def _three(text: str) -> tuple[float, float, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from seg_perception.deploy.export import add_classes_argument, parse_hw
+    from seg_perception.deploy.export import add_classes_argument
+    from seg_perception.sizes import parse_hw
 
     p.add_argument("onnx", help="a semantic segmentation ONNX graph (mmdeploy, Hugging Face, torchvision-style)")
     p.add_argument("--out", required=True, help="the wrapped .onnx to write (never overwritten)")

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from seg_perception.backends import BACKENDS
-from seg_perception.deploy.export import parse_hw
 from seg_perception.eval import EvalError
 from seg_perception.eval.inference import MODES, InferenceConfig
 from seg_perception.eval.metrics import ID_FORMATS, pred_format_mismatch
 from seg_perception.eval.report import report_paths
 from seg_perception.output_files import claim
 from seg_perception.progress import progress_bar
+from seg_perception.sizes import parse_hw
 
 
 def _scales(text: str) -> tuple[float, ...]:
