@@ -38,7 +38,8 @@ def default_model(workdir: Path) -> Path:
         return DEFAULT_MODEL
     import torch
 
-    from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.backends.deploy_model import model_info_for
+    from seg_perception.deploy.export import export_onnx
     from seg_perception.models.registry import build_model
 
     torch.set_num_threads(1)

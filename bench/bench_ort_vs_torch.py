@@ -41,9 +41,10 @@ def time_pair(ort, torch_backend, image: np.ndarray, budget_s: float, max_iters:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from seg_perception.backends.deploy_model import model_info_for
     from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
     from seg_perception.backends.torch_backend import TorchBackend
-    from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.deploy.export import export_onnx
     from seg_perception.models.registry import VARIANTS, build_model
     from seg_perception.sizes import parse_hw
 

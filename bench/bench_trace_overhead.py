@@ -63,7 +63,8 @@ def _model_path(model: str, tmp: str) -> str:
         return model or str(DEFAULT_MODEL)
     import torch
 
-    from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.backends.deploy_model import model_info_for
+    from seg_perception.deploy.export import export_onnx
     from seg_perception.models.registry import build_model
 
     name, size = _FALLBACK

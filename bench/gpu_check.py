@@ -139,8 +139,8 @@ def run_config(torch, cpu_model, info, device, precision: str, graphs: bool, fra
 
 def check_model(torch, spec: str, size: tuple[int, int], device, args, peak: dict) -> dict:
     """Every configuration of one model at one size; leaves the CPU model and labels for the ONNX phase."""
+    from seg_perception.backends.deploy_model import model_info_for
     from seg_perception.backends.torch_backend import parse_spec
-    from seg_perception.deploy.export import model_info_for
     from seg_perception.models.checkpoint import load_checkpoint
     from seg_perception.models.registry import build_model, get_variant
 
@@ -186,8 +186,9 @@ def summary_line(run: dict) -> str:
 
 def onnxruntime_agreement(row: dict, args, tmp: Path) -> None:
     """Export the CPU model, run the agreement frames in ONNX Runtime on the CPU, compare the labels."""
+    from seg_perception.backends.deploy_model import model_info_for
     from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.deploy.export import export_onnx
 
     model, info, frames, labels = row.pop("_pending")
     t0 = time.perf_counter()

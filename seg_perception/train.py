@@ -160,8 +160,8 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from seg_perception.backends.deploy_model import build_for_classes
     from seg_perception.classes import ClassesError
-    from seg_perception.deploy.export import build_for_classes
     from seg_perception.models.checkpoint import load_checkpoint, read_file
 
     if cfg.threads:
@@ -245,7 +245,8 @@ def _classes(cfg: TrainConfig):
 
 def export_best(cfg: TrainConfig, model, classes) -> Path:
     """Export the best weights (or the last ones when nothing was validated) to cfg.export."""
-    from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.backends.deploy_model import model_info_for
+    from seg_perception.deploy.export import export_onnx
     from seg_perception.models.checkpoint import read_file
     best = Path(cfg.out) / "best.pth"
     if best.is_file():

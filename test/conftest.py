@@ -53,7 +53,8 @@ def tiny_onnx(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     import torch
 
-    from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.backends.deploy_model import model_info_for
+    from seg_perception.deploy.export import export_onnx
     from seg_perception.models.registry import build_model
 
     torch.manual_seed(0)

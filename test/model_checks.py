@@ -55,7 +55,8 @@ def synthetic_batch(n: int, h: int, w: int, num_classes: int, seed: int = 0) -> 
 def export_and_compare(model: nn.Module, name: str, size: tuple[int, int], out_dir, seed: int = 0):
     """Export `model` (registry entry `name`) through the deploy path at `size` with logits, then check it
     against torch (`assert_onnx_matches_torch`); returns the ONNX path."""
-    from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.backends.deploy_model import model_info_for
+    from seg_perception.deploy.export import export_onnx
 
     info = model_info_for(name, size, with_logits=True)
     path = export_onnx(model, info, out_dir / f"{name}.onnx", with_logits=True)

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 from model_checks import normalise  # noqa: E402
 
 from seg_perception.backends import BackendError, open_backend  # noqa: E402
+from seg_perception.backends.deploy_model import model_info_for  # noqa: E402
 from seg_perception.backends.torch_backend import TorchBackend, parse_spec  # noqa: E402
-from seg_perception.deploy.export import model_info_for  # noqa: E402
 from seg_perception.models.registry import build_model  # noqa: E402
 
 SIZE = (64, 128)

@@ -8,9 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from seg_perception.backends.deploy_model import model_info_for  # noqa: E402
 from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from seg_perception.backends.torch_backend import TorchBackend  # noqa: E402
-from seg_perception.deploy.export import export_onnx, model_info_for  # noqa: E402
+from seg_perception.deploy.export import export_onnx  # noqa: E402
 from seg_perception.deploy.trt_compat import check_onnx  # noqa: E402
 from seg_perception.models.registry import VARIANTS, build_model  # noqa: E402
 

@@ -231,7 +231,8 @@ def test_deformable_sampling_at_pixel_centres_reads_those_pixels():
 @pytest.mark.parametrize("name", VARIANTS)
 def test_export_agrees_with_pytorch(models, name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from seg_perception.deploy.export import export_onnx, model_info_for
+    from seg_perception.backends.deploy_model import model_info_for
+    from seg_perception.deploy.export import export_onnx
 
     model = models[name]
     info = model_info_for(name, (64, 64), with_logits=True)

@@ -12,7 +12,8 @@ pytest.importorskip("fvcore")
 
 from model_checks import assert_onnx_matches_torch, export_and_compare, overfit_steps, synthetic_batch  # noqa: E402
 
-from seg_perception.deploy.export import export_onnx, model_info_for  # noqa: E402
+from seg_perception.backends.deploy_model import model_info_for  # noqa: E402
+from seg_perception.deploy.export import export_onnx  # noqa: E402
 from seg_perception.deploy.trt_compat import check_onnx  # noqa: E402
 from seg_perception.models import registry  # noqa: E402
 from seg_perception.models.checkpoint import key_fixture, read_fixture  # noqa: E402

@@ -70,7 +70,7 @@ class TorchBackend(Backend):
         on CUDA, where cuDNN's tensor-core kernels want that layout)."""
         import torch
 
-        from seg_perception.deploy.export import deploy_wrapper
+        from seg_perception.backends.deploy_model import deploy_wrapper
 
         self.device = torch.device(torch_device(device, precision, cuda_graphs))
         if threads:
@@ -111,7 +111,7 @@ class TorchBackend(Backend):
                  trusted: bool = False) -> "TorchBackend":
         """spec: zoo name, optionally ':checkpoint' (random weights without one); `trusted` lets a checkpoint
         holding more than arrays and plain data be unpickled in full."""
-        from seg_perception.deploy.export import build_for_classes, model_info_for
+        from seg_perception.backends.deploy_model import build_for_classes, model_info_for
         from seg_perception.models.checkpoint import CheckpointError
 
         torch_device(device, precision, cuda_graphs)  # a wrong option fails before the model is built

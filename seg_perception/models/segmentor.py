@@ -22,5 +22,5 @@ class EncoderDecoder(nn.Module):
 
     def forward_lowres(self, x):
         """The decode head's logits before the final bilinear resize to the input size (the ONNX export does
-        that resize itself, channels-last; see `deploy.export.deploy_wrapper`)."""
+        that resize itself, channels-last; see `backends.deploy_model.deploy_wrapper`)."""
         return self.decode_head(self.backbone(x))
