@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from deploy_graphs import contract_onnx
+from seg_perception.backends.engine_build import BuildConfig, BuildError, input_shapes
 from seg_perception.cli import main as cli_main
-from seg_perception.deploy.build_engine import BuildConfig, BuildError, input_shapes, parse_shapes
+from seg_perception.deploy.build_engine import parse_shapes
 
 
 def test_parse_shapes():
@@ -50,7 +51,7 @@ def test_int8_needs_calibration_data(tmp_path):
 
 def test_calibration_images_are_read_as_rgb_at_input_size(tmp_path):
     cv2 = pytest.importorskip("cv2")
-    from seg_perception.deploy.build_engine import calibration_files, load_calibration_image
+    from seg_perception.backends.engine_build import calibration_files, load_calibration_image
 
     bgr = np.zeros((20, 40, 3), np.uint8)
     bgr[..., 2] = 255  # red in OpenCV's BGR

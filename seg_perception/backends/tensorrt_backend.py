@@ -127,7 +127,7 @@ class TensorRTBackend(Backend):
                   **build_options) -> "TensorRTBackend":
         """The cached engine for `onnx_path` (built or rebuilt when missing or stale, unless `rebuild=False`).
         build_options: BuildConfig fields (workspace_mb, shapes, calib_images, calib_cache, timing_cache)."""
-        from seg_perception.deploy.build_engine import BuildConfig, engine_for
+        from seg_perception.backends.engine_build import BuildConfig, engine_for
 
         config = BuildConfig(precision=precision, **build_options)
         engine, sidecar = engine_for(onnx_path, config, rebuild=rebuild, cache_dir=cache_dir)
