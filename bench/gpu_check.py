@@ -164,7 +164,7 @@ def check_model(torch, spec: str, size: tuple[int, int], device, args, peak: dic
         print(f"  {name} {size[0]}x{size[1]} {config}: {summary_line(run)}", flush=True)
     if "gflops" in row:
         row["gmac"] = row["gflops"] / 2  # the zoo table's and the papers' "GFLOPs"
-        row["floor_ms"] = row["gflops"] / (peak["used_tflops"] * 1e3)
+        row["floor_ms"] = row["gflops"] / peak["used_tflops"]  # 1 TFLOP/s = 1 GFLOP per ms
         for run in row["runs"].values():
             timing = run.get("device_ms") or run.get("wall_ms")
             if timing:

@@ -9,7 +9,7 @@ import pytest
 from deploy_graphs import contract_onnx
 from seg_perception.backends import BackendError, open_backend
 from seg_perception.backends.onnxruntime_backend import (
-    GPU_PROVIDERS, OnnxRuntimeBackend, choose_providers, read_model_info,
+    GPU_PROVIDERS, OnnxRuntimeBackend, choose_providers, provider_options, read_model_info,
 )
 
 
@@ -101,3 +101,11 @@ def test_providers_follow_the_device_and_the_preference_order():
     assert choose_providers("auto", "cpu, cuda", available=every) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("cpu", ["TensorrtExecutionProvider"], available=every) == \
         ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_tensorrt_provider_caches_its_engine_beside_the_model(tmp_path):
+    """Without the cache, ONNX Runtime's TensorRT provider rebuilds the engine at every node start (minutes)."""
+    opts = provider_options("TensorrtExecutionProvider", 1, tmp_path / "m.onnx")
+    assert opts["device_id"] == 1 and opts["trt_engine_cache_enable"] == "True"
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "ort_trt_cache")
+    assert provider_options("CUDAExecutionProvider", 0, tmp_path / "m.onnx") == {"device_id": 0}

@@ -119,8 +119,8 @@ def test_the_torch_blocker_blocks(no_torch):
 
 
 def test_eval_runs_without_torch(no_torch, tiny_onnx, tmp_path):
-    """Both evaluations, end to end on a real model, in a process that cannot import torch. (demo, replay and
-    bench run that way in their own tests.)"""
+    """Every evaluation (fleet in one process), end to end on a real model, in a process that cannot import
+    torch. (demo, replay and bench run that way in their own tests.)"""
     from seg_perception.data.synthetic import render_scene, write_cityscapes
     from seg_perception.bags import write_drive_bag
 
@@ -128,12 +128,15 @@ def test_eval_runs_without_torch(no_torch, tiny_onnx, tmp_path):
     rng = np.random.default_rng(0)
     frames = [(f.rgb, f.train_ids) for f in (render_scene(rng, 64, 128) for _ in range(2))]
     bag = write_drive_bag(tmp_path / "bag", frames, storage="mcap")
-    runs = {"cityscapes": ["cityscapes", "--root", str(tmp_path / "cs")],
-            "bag": ["bag", str(bag), "--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_gt"]}
-    for name, args in runs.items():
-        out = tmp_path / f"{name}.json"
+    topics = ["--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_gt"]
+    runs = {  # name: (arguments, --out, the report it writes, images scored)
+        "cityscapes": (["cityscapes", "--root", str(tmp_path / "cs")], "cs.json", "cs.json", 1),
+        "bag": (["bag", str(bag), *topics], "bag.json", "bag.json", 2),
+        "bags": (["bags", str(bag), *topics, "--workers", "0"], "fleet", "fleet/report.json", 2),
+    }
+    for name, (args, out, report, images) in runs.items():
         proc = subprocess.run([sys.executable, "-m", "seg_perception.cli", "eval", *args, "--model", str(tiny_onnx),
-                               "--threads", "1", "--out", str(out), "--quiet"], env=no_torch(), capture_output=True,
-                              text=True, timeout=180)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert json.loads(out.read_text())["num_images"] == (1 if name == "cityscapes" else 2)
+                               "--threads", "1", "--out", str(tmp_path / out), "--quiet"], env=no_torch(),
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, f"eval {name}: {proc.stderr[-3000:]}"
+        assert json.loads((tmp_path / report).read_text())["num_images"] == images, name

@@ -81,7 +81,7 @@ def test_every_family_is_timed_counted_and_checked_against_onnxruntime(cpu_check
         assert fp32["device_ms"] is None and fp32["peak_memory_mib"] is None  # CUDA-only figures
         for config in ("fp16", "fp16_graph"):  # CUDA only: a skip with the backend's reason, not a failure
             assert "needs a CUDA device" in row["runs"][config]["skipped"]
-        assert row["gflops"] > 0 and row["floor_ms"] == pytest.approx(row["gflops"] / (result["peak"]["tflops"] * 1e3))
+        assert row["gflops"] > 0 and row["floor_ms"] == pytest.approx(row["gflops"] * 1e9 / (result["peak"]["tflops"] * 1e12) * 1e3)
         assert fp32["x_floor"] == pytest.approx(fp32["wall_ms"]["median"] / row["floor_ms"])
         # the exported graph in ONNX Runtime gives the same labels as torch on the same frames
         assert row["agreement"]["fp32_vs_onnxruntime_cpu"] >= 0.999

@@ -138,8 +138,10 @@ def test_pose_source_falls_back_or_refuses_by_mode():
     link = Transform(rotation=OPTICAL)
     link.translation.z = 2.0
 
+    late = []
+
     def lookup(frame_id, stamp):
-        if frame_id != "cam_optical":
+        if frame_id != "cam_optical" or late:
             raise LookupError(f"no transform from '{frame_id}' to 'base_link'")
         return link
 
@@ -150,6 +152,8 @@ def test_pose_source_falls_back_or_refuses_by_mode():
     assert auto.pose("other", stamp) == parameters and "other" in auto.last_problem
     assert auto.pose("cam_optical", stamp).height == pytest.approx(2.0) and auto.last_problem == ""
     assert tf.pose("other", stamp) is None  # no costmap rather than one from a wrong pose
+    late.append(True)  # TF placed cam_optical before: a late transform skips the frame, never the parameters
+    assert auto.pose("cam_optical", stamp) is None and "cam_optical" in auto.last_problem
 
 
 def test_label_info_is_skipped_with_one_line_without_vision_msgs(graph_node, capfd):

@@ -112,6 +112,12 @@ def test_grid_out_and_scaled_camera_info():
     assert (info.height, info.width) == (240, 320)
     assert np.allclose(np.reshape(info.k, (3, 3)), [[50, 0, 159.5], [0, 50, 119.5], [0, 0, 1]])
     assert np.allclose(np.reshape(info.p, (3, 4))[:, :3], np.reshape(info.k, (3, 3)))
+    # The message is reused: after a CameraInfo with distortion, the fallback intrinsics must not keep it.
+    source = CameraInfo(distortion_model="plumb_bob", d=[0.1, 0.2, 0.0, 0.0, 0.0], p=[100.0] + [0.0] * 11)
+    conv.scaled_camera_info(info, k, (480, 640), (240, 320), Header(frame_id="cam"), source)
+    assert info.distortion_model == "plumb_bob"
+    conv.scaled_camera_info(info, k, (480, 640), (240, 320), Header(frame_id="cam"))
+    assert (info.distortion_model, list(info.d)) == ("", [])
 
 
 # --- parameters and config/seg.yaml ----------------------------------------------------------------

@@ -35,8 +35,8 @@ NESTING_KEYS = ("state_dict", "model", "state_dict_ema")
 # Model keys a checkpoint may lack without harm: mmseg's unused `conv_seg` (absent from re-saved or converted
 # files) and BN step counters (absent from pre-1.0 PyTorch files; unused in eval).
 OPTIONAL_KEY_SUFFIXES = ("conv_seg.weight", "conv_seg.bias", "num_batches_tracked")
-TRUST_HINT = ("if you trust the file, pass --trust-checkpoint (seg_node: trust_checkpoint:=true) to unpickle it "
-              "in full, which runs any code it holds")
+TRUST_HINT = ("if you trust the file, pass --trust-checkpoint (export, train; seg_node: trust_checkpoint:=true) to "
+              "unpickle it in full, which runs any code it holds; eval and bench take the exported ONNX file")
 # The only globals a weights pickle needs: numpy's array, scalar and dtype constructors (module, name).
 _NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),

@@ -47,8 +47,10 @@ def pose_from_transform(transform: Transform) -> CameraPose:
 
 
 class CameraPoseSource:
-    """The pose to project one frame with. `lookup` raises LookupError when the transform is unknown; then `auto`
-    falls back to the parameters and `tf` gives None (no costmap rather than one drawn from a wrong pose)."""
+    """The pose to project one frame with. `lookup` raises LookupError when the transform is unknown; then `tf`
+    gives None (no costmap rather than one drawn from a wrong pose), and so does `auto` for a frame TF has
+    answered before (a late transform on a TF robot); `auto` falls back to the parameters only for a frame
+    that TF has never placed."""
 
     def __init__(self, mode: str, parameter_pose: CameraPose, lookup: Lookup | None = None) -> None:
         self.mode = mode
@@ -56,6 +58,7 @@ class CameraPoseSource:
         self.uses_tf = lookup is not None
         self.last_problem = ""
         self._lookup = lookup
+        self._placed_by_tf: set[str] = set()
 
     def pose(self, frame_id: str, stamp: Time) -> CameraPose | None:
         if self._lookup is None:
@@ -63,10 +66,12 @@ class CameraPoseSource:
         try:
             pose = pose_from_transform(self._lookup(frame_id, stamp))
             self.last_problem = ""
+            self._placed_by_tf.add(frame_id)
             return pose
         except LookupError as exc:
             self.last_problem = str(exc)
-            return self.parameter_pose if self.mode == "auto" else None
+            fall_back = self.mode == "auto" and frame_id not in self._placed_by_tf
+            return self.parameter_pose if fall_back else None
 
 
 def open_pose_source(node: Node, mode: str, costmap_frame: str, timeout_s: float,

@@ -166,6 +166,8 @@ def scaled_camera_info(out: CameraInfo, k: np.ndarray, k_hw: tuple[int, int], ou
         out.distortion_model, out.d, out.r = source.distortion_model, source.d, source.r
     else:
         p = np.hstack([ks, np.zeros((3, 1))])
+        # fx/fy/cx/cy alone (no CameraInfo, or a refused one): no distortion is known, so none is claimed.
+        out.distortion_model, out.d = "", []
         out.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     out.p = p.ravel().tolist()
     return out

@@ -84,20 +84,24 @@ class SegNode(Node):
         self.backend.warm_up(p.warmup_frames)  # before any subscription: no camera frame waits on it
         warm_up_ms = (_NOW() - start) / 1e6
         costs = p.costs()
+        depth = p.depth()
+        if not p.depth_topic:  # ground classes serve only the depth-built costmaps: a model need not have them
+            depth = replace(depth, ground_classes=())
         for param, names in (("cost_table", list(costs)), ("costmap_classes", p.costmap_classes),
-                             ("ground_classes", p.ground_classes)):
+                             ("ground_classes", depth.ground_classes)):
             unknown = [n for n in names if n not in info.class_names]
             if unknown:
                 raise ParameterError(param, f"unknown class name(s) {unknown}; model '{info.name}' has "
                                             f"{list(info.class_names)}")
         self.projector = DepthProjector(p.grid(), p.pose(), info.class_names, costs, p.default_cost,
-                                        p.costmap_classes, p.depth())
+                                        p.costmap_classes, depth)
         self.pose_source = open_pose_source(self, p.camera_pose_source, p.costmap_frame, p.tf_timeout, p.pose())
         self.tracer = trace.Tracer(capacity=max(4096, 2 * p.trace_window))
         self.pipeline = SegPipeline(self.backend, p.output_resolution, self.projector, self.tracer, p.overlay_alpha,
                                     p.points_stride, p.points_organized, p.max_input_pixels)
         self.slot: LatestFrameSlot[_Frame] = LatestFrameSlot()
         self.rejected = self.errors = self.published = self.idle = self.camera_info_rejected = 0
+        self._refusals_lock = threading.Lock()
         self.depth_dropped = 0  # frames whose depth-built outputs stayed unknown (no, late, or bad depth)
         self._depths: collections.deque[Image] = collections.deque(maxlen=8)  # newest last
         self._depths_arrived = threading.Condition()
@@ -189,7 +193,8 @@ class SegNode(Node):
 
     def _refuse_camera_info(self, problem: str) -> None:
         """Count and report a CameraInfo the node will not use; it keeps the last good one or fx/fy/cx/cy."""
-        self.camera_info_rejected += 1
+        with self._refusals_lock:  # refused where it arrives (executor) and where it misfits a frame (worker)
+            self.camera_info_rejected += 1
         self.last_problem = f"CameraInfo refused: {problem}"
         self.get_logger().warning(f"ignoring CameraInfo on {self.inputs.camera_info}: {problem}",
                                   throttle_duration_sec=THROTTLE_S)
