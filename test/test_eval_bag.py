@@ -196,3 +196,30 @@ def test_all_ignore_ground_truth_is_an_error(tiny_onnx, tmp_path, capsys):
     assert _eval(bag, tmp_path / "r.json", "--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_gt",
                  "--model", str(tiny_onnx)) == 2
     assert "has no evaluated pixel" in capsys.readouterr().err
+
+
+def test_depth_pairs_with_the_nearest_image_within_the_nodes_depth_tolerance():
+    """Evaluation pairs depth as seg_node does: nearest stamp within depth_tolerance (a RealSense's depth and
+    colour stamps differ by milliseconds), not the latest image within the image/ground-truth tolerance."""
+    pytest.importorskip("rclpy")  # seg_node's parameters
+    from types import SimpleNamespace
+
+    from seg_perception.eval.bag_eval import _CostmapScoring, node_projector
+    from seg_perception.labels import CITYSCAPES_CLASSES
+
+    def depth_msg(ns: int, metres: float):
+        header = SimpleNamespace(stamp=SimpleNamespace(sec=ns // 10**9, nanosec=ns % 10**9))
+        data = np.full((4, 8), metres, np.float32).tobytes()
+        return SimpleNamespace(header=header, data=data, encoding="32FC1", height=4, width=8, step=32,
+                               is_bigendian=0)
+
+    ms = 1_000_000
+    for overrides, at_150ms in (({}, None), ({"depth_tolerance": 0.06}, 2.0)):
+        projector, lut = node_projector(overrides, CITYSCAPES_CLASSES)
+        scoring = _CostmapScoring(projector, lut, CITYSCAPES_CLASSES, "/camera/depth/image_raw")
+        for ns, metres in ((0, 1.0), (100 * ms, 2.0), (200 * ms, 3.0)):
+            scoring.on_depth(depth_msg(ns, metres))
+        assert scoring.paired_depth(95 * ms)[0, 0] == 2.0  # 5 ms before its depth image: still its pair
+        assert scoring.paired_depth(188 * ms)[0, 0] == 3.0  # the nearest, not the latest before the frame
+        paired = scoring.paired_depth(150 * ms)  # 50 ms from both
+        assert (paired if paired is None else paired[0, 0]) == at_150ms

@@ -40,6 +40,8 @@ class DepthSpec:
     min_obstacle_height: float = 0.1
     max_obstacle_height: float = 2.0
     ground_classes: tuple[str, ...] = ("road", "sidewalk", "terrain")
+    # A frame takes the depth image nearest its stamp within this (s): seg_node and bag evaluation pair alike.
+    pairing_tolerance_s: float = 0.02
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_obstacle_height < self.max_obstacle_height:

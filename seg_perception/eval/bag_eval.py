@@ -17,6 +17,7 @@ within the stamp tolerance.
 from __future__ import annotations
 
 import bisect
+import collections
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -221,8 +222,8 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
             tracer = Tracer(capacity=n_frames)
             pipeline = SegPipeline(backend, "camera", projector if config.write_bag else None, tracer)
             outputs = _Outputs(config, pipeline, reader) if config.write_bag else None
-            scoring = (_CostmapScoring(projector, fused_lut, backend.info.class_names, depth_topic,
-                                       int(config.stamp_tolerance_ms * 1e6)) if topdown_topic else None)
+            scoring = (_CostmapScoring(projector, fused_lut, backend.info.class_names, depth_topic)
+                       if topdown_topic else None)
             try:
                 result = _run(config, reader, pipeline, outputs, image_type, info_topic, gt_stamps, gt_files,
                               n_frames, on_frame, scoring, topdown_topic)
@@ -241,21 +242,28 @@ class _CostmapScoring:
     """Flat-ground and depth costmaps of every image, scored against the true top-down map of the same stamp
     (whichever of the two arrives first waits for the other)."""
 
-    def __init__(self, projector, fused_lut: np.ndarray, class_names, depth_topic: str, tolerance_ns: int) -> None:
+    def __init__(self, projector, fused_lut: np.ndarray, class_names, depth_topic: str) -> None:
         from seg_perception.core.depth_costmap import DepthDecoder
 
-        self.projector, self.depth_topic, self.tolerance_ns = projector, depth_topic, tolerance_ns
+        self.projector, self.depth_topic = projector, depth_topic
+        self.tolerance_ns = int(projector.depth.pairing_tolerance_s * 1e9)  # seg_node's depth_tolerance
         self.iou = CostmapIoU(tuple(class_names), fused_lut)
         self.decoder = DepthDecoder()
-        self.depth: tuple[int, np.ndarray] | None = None  # (stamp, metres) of the latest depth image
+        self.depths: collections.deque = collections.deque(maxlen=8)  # (stamp, message) of recent depth images
         self.intrinsics: tuple[np.ndarray, tuple[int, int]] | None = None
         self.truths: dict[int, np.ndarray] = {}  # top-down maps that arrived before their image
         self.waiting: dict[int, tuple[dict, np.ndarray]] = {}  # layers (copies) and view of images without truth
         self._visible_key: tuple | None = None
 
     def on_depth(self, msg) -> None:
-        self.depth = (stamp_ns(msg.header), self.decoder.decode(msg.data, msg.encoding, msg.height, msg.width,
-                                                               msg.step, msg.is_bigendian))
+        self.depths.append((stamp_ns(msg.header), msg))
+
+    def paired_depth(self, ns: int) -> np.ndarray | None:
+        """The depth image nearest the frame's stamp within seg_node's depth_tolerance, decoded (metres)."""
+        stamp, msg = min(self.depths, key=lambda d: abs(d[0] - ns), default=(None, None))
+        if msg is None or abs(stamp - ns) > self.tolerance_ns:
+            return None
+        return self.decoder.decode(msg.data, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian)
 
     def on_truth(self, msg) -> None:
         from seg_perception.eval.costmap_metrics import resample_truth
@@ -273,7 +281,7 @@ class _CostmapScoring:
 
         layers = {"flat_ground": self.projector.project(labels, camera_hw)}
         if self.depth_topic:
-            depth = self.depth[1] if self.depth and abs(self.depth[0] - ns) <= self.tolerance_ns else None
+            depth = self.paired_depth(ns)
             if depth is not None:
                 check_registered(camera_hw, depth.shape)
             layers["depth"] = self.projector.project_depth(labels, camera_hw, depth)

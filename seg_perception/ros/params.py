@@ -252,7 +252,8 @@ class NodeParams:
         if self.min_obstacle_height >= self.max_obstacle_height:
             raise ParameterError("min_obstacle_height", f"{self.min_obstacle_height} is not below "
                                                         f"max_obstacle_height {self.max_obstacle_height}")
-        return DepthSpec(self.min_obstacle_height, self.max_obstacle_height, tuple(self.ground_classes))
+        return DepthSpec(self.min_obstacle_height, self.max_obstacle_height, tuple(self.ground_classes),
+                         self.depth_tolerance)
 
     def costs(self) -> dict[str, int]:
         """cost_table as {class name: cost}."""
