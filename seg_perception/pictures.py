@@ -71,10 +71,7 @@ def draw_overlay(ax, overlay_rgb: np.ndarray, mask: np.ndarray | None, class_nam
         ax.set_title(title, fontsize=9)
     if mask is None:
         return
-    counts = np.bincount(mask.ravel(), minlength=256)[: len(class_names)]
-    present = [k for k in np.argsort(-counts) if counts[k] > 0]
-    handles = [Patch(color=np.asarray(palette[k]) / 255.0, label=f"{k} {class_names[k]} {_share(counts[k], mask.size)}")
-               for k in present]
+    handles = _class_handles(mask, class_names, palette, with_share=True)
     ignored = int(np.count_nonzero(mask == IGNORE_ID))
     if ignored:
         handles.append(Patch(color="black", label=f"{IGNORE_ID} ignore {_share(ignored, mask.size)}"))
@@ -102,11 +99,19 @@ def draw_topdown_classes(ax, train_ids: np.ndarray, grid: GridGeometry, class_na
     from matplotlib.patches import Patch
 
     lut = palette_lut(palette, ignore_color=UNKNOWN_RGB)
-    counts = np.bincount(train_ids.ravel(), minlength=256)[: len(class_names)]
-    handles = [Patch(color=np.asarray(palette[k]) / 255.0, label=f"{k} {class_names[k]}")
-               for k in np.argsort(-counts) if counts[k] > 0]
+    handles = _class_handles(train_ids, class_names, palette, with_share=False)
     handles.append(Patch(color=np.asarray(UNKNOWN_RGB) / 255, label="nothing known"))
     _draw_grid(ax, lut[train_ids], grid, camera, title, handles)
+
+
+def _class_handles(ids: np.ndarray, class_names, palette, with_share: bool) -> list:
+    """Legend entries for the classes present in `ids`, largest share first."""
+    from matplotlib.patches import Patch
+
+    counts = np.bincount(ids.ravel(), minlength=256)[: len(class_names)]
+    return [Patch(color=np.asarray(palette[k]) / 255.0,
+                  label=f"{k} {class_names[k]}" + (f" {_share(counts[k], ids.size)}" if with_share else ""))
+            for k in np.argsort(-counts) if counts[k] > 0]
 
 
 def _draw_grid(ax, rgb: np.ndarray, grid: GridGeometry, camera: CameraView | None, title: str, handles: list) -> None:

@@ -179,6 +179,11 @@ class GroundProjector:
         self._table_key = key
 
 
+def same_aspect(k_hw: tuple[int, int], image_hw: tuple[int, int], tolerance: float = 0.01) -> bool:
+    """True when an image_hw image shows the same view as a k_hw one at another resolution (scaled or binned)."""
+    return abs(k_hw[0] * image_hw[1] - k_hw[1] * image_hw[0]) <= tolerance * k_hw[0] * image_hw[1]
+
+
 def scaled_intrinsics(k: np.ndarray, k_hw: tuple[int, int], hw: tuple[int, int]) -> tuple[float, ...]:
     """(fx, fy, cx, cy) of K, given for an image of size k_hw, for the same view at size hw (pixel centres at
     integer coordinates)."""

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from seg_perception.core.costmap import (FREE, UNKNOWN, CameraPose, GridSpec, GroundProjector,
-                                         rotation_grid_from_optical, scaled_intrinsics)
+                                         rotation_grid_from_optical, same_aspect, scaled_intrinsics)
 
 # sensor_msgs/image_encodings names of depth images -> (little-endian sample type, metres per unit)
 DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("<u2", 0.001), "32FC1": ("<f4", 1.0)}
@@ -91,8 +91,7 @@ def gather_metres(depth: np.ndarray, index: np.ndarray, out: np.ndarray, scratch
 
 def check_registered(camera_hw: tuple[int, int], depth_hw: tuple[int, int]) -> None:
     """Refuse a depth image that is not the colour image's view at some resolution (1 % aspect tolerance)."""
-    sy, sx = depth_hw[0] / camera_hw[0], depth_hw[1] / camera_hw[1]
-    if abs(sy - sx) > 0.01 * max(sy, sx):
+    if not same_aspect(camera_hw, depth_hw):
         raise DepthError(f"depth image {depth_hw[1]}x{depth_hw[0]} has another aspect ratio than the "
                          f"{camera_hw[1]}x{camera_hw[0]} colour image: it is not registered to it")
 

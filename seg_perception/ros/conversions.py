@@ -143,11 +143,6 @@ def camera_info_problem(info: CameraInfo) -> str:
     return ""
 
 
-def same_aspect(k_hw: tuple[int, int], image_hw: tuple[int, int], tolerance: float = 0.01) -> bool:
-    """True when intrinsics for a k_hw image can describe an image_hw one (same view, scaled or binned)."""
-    return abs(k_hw[0] * image_hw[1] - k_hw[1] * image_hw[0]) <= tolerance * k_hw[0] * image_hw[1]
-
-
 def k_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 

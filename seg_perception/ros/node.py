@@ -26,7 +26,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from seg_perception.backends import BackendError, is_file_artifact, open_backend
 from seg_perception.core import trace
-from seg_perception.core.costmap import FUSED
+from seg_perception.core.costmap import FUSED, same_aspect
 from seg_perception.core.depth_costmap import DepthDecoder, DepthError, DepthProjector, check_registered
 from seg_perception.core.frame_slot import LatestFrameSlot
 from seg_perception.core.image_codec import ImageDecodeError
@@ -360,13 +360,13 @@ class SegNode(Node):
         info, fitting = self._camera_info, self._fitting_intrinsics
         if info is not None and info is not self._misfit_camera_info and (fitting is None or info is not fitting[2]):
             k, k_hw = conv.intrinsics(info)
-            if conv.same_aspect(k_hw, cam_hw):
+            if same_aspect(k_hw, cam_hw):
                 fitting = self._fitting_intrinsics = (k, k_hw, info)
             else:
                 self._misfit_camera_info = info
                 self._refuse_camera_info(f"it is for {k_hw[1]}x{k_hw[0]} images, the camera sends "
                                          f"{cam_hw[1]}x{cam_hw[0]} (another aspect ratio)")
-        if fitting is not None and conv.same_aspect(fitting[1], cam_hw):
+        if fitting is not None and same_aspect(fitting[1], cam_hw):
             self.projector.set_intrinsics(fitting[0], fitting[1])
             return fitting
         p = self.params
