@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
-from seg_perception.eval import EvalError, require_cityscapes_classes
+from seg_perception.eval import EvalError
 
 MODES = ("whole", "slide")
 _MASK_ONLY = OutputRequest(mask=True)
@@ -46,7 +46,6 @@ class InferenceConfig:
 
     def check(self, info) -> None:
         """Raise EvalError when the model (ModelInfo) cannot run this configuration."""
-        require_cityscapes_classes(info)
         if self.needs_logits and not info.has_logits:
             raise EvalError(f"model '{info.name}' has no logits output, which {self.mode} inference with scales "
                             f"{list(self.scales)} and flip={self.flip} needs: export it with --logits "
@@ -54,7 +53,7 @@ class InferenceConfig:
 
 
 class Predictor:
-    """Train-id label map [H, W] at the input image's size; one traced pipeline frame per forward pass."""
+    """Class-id label map [H, W] at the input image's size; one traced pipeline frame per forward pass."""
 
     def __init__(self, pipeline: SegPipeline, config: InferenceConfig) -> None:
         self.pipeline = pipeline
