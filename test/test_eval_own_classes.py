@@ -1,4 +1,5 @@
-"""Evaluation of a model with its own classes: a third-party SegFormer wrapped with five classes of ours, scored
+"""Evaluation of a model with its own classes: a third-party SegFormer wrapped with five classes of ours (and its
+logits, for sliding windows), scored
 on a folder of images and labels (`eval folder`), on a bag (`eval bag`) and on a fleet of bags (`eval bags`),
 each report naming the model card's classes and holding the confusion matrix counted here by hand."""
 
@@ -67,7 +68,7 @@ def own_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("own")
     graph = segformer_onnx(root / "segformer.onnx")
     out = root / "wrapped.onnx"
-    assert main(["wrap", str(graph), "--out", str(out), "--input-size", "64x96", "--layout", "nchw",
+    assert main(["wrap", str(graph), "--out", str(out), "--input-size", "64x96", "--layout", "nchw", "--logits",
                  "--classes", str(write_classes(root / "classes.yaml"))]) == 0
     return out
 
@@ -125,6 +126,9 @@ def test_eval_folder_scores_the_models_own_classes(own_model, tmp_path):
     # ADE20K-style labels (0 = ignore, class c stored as c + 1), and two worker processes: the same numbers
     again = run("labels_plus_one", "r2.json", "--reduce-zero-label", "--workers", "2")
     assert again["confusion_matrix"] == report["confusion_matrix"] and again["miou"] == report["miou"]
+    # sliding windows over the 72x108 images (the wrapped graph's logits): 2 x 2 windows of 64x96 per image
+    slide = run("labels", "r3.json", "--mode", "slide")
+    assert slide["classes"] == NAMES and slide["latency_ms"]["inference"]["count"] == 12
 
 
 def test_eval_folder_refuses_labels_of_another_class_set(own_model, tmp_path, capsys):
