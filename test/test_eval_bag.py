@@ -178,6 +178,45 @@ def test_costmaps_scored_against_the_true_top_down_map_in_both_modes(tiny_onnx, 
     assert "| costmap layer | flat_ground IoU (%) | depth IoU (%) |" in out.with_suffix(".md").read_text()
 
 
+def test_write_bag_costmaps_are_built_from_depth_when_the_node_uses_depth(tiny_onnx, tmp_path, capsys):
+    """With `depth_topic` in the parameters, seg_node builds its costmaps from depth: so does --write-bag, from the
+    bag's depth topic (it wrote flat-ground costmaps, which that node never publishes)."""
+    pytest.importorskip("rclpy")  # seg_node's parameters
+    from seg_perception.core.depth_costmap import DepthDecoder
+    from seg_perception.core.pipeline import OutputRequest
+    from seg_perception.data.synthetic import CAMERA_HEIGHT_M, Camera, render_drive
+    from seg_perception.eval.bag_eval import node_projector
+    from seg_perception.labels import CITYSCAPES_CLASSES
+
+    frames = list(render_drive(np.random.default_rng(5), 2, H, W))
+    camera = Camera.for_image(H, W).pinhole()
+    bag = write_drive_bag(tmp_path / "b", frames, camera_info=camera)
+    overrides = {"camera_height": CAMERA_HEIGHT_M, "depth_topic": "depth/image_raw"}
+    params = tmp_path / "seg.yaml"
+    params.write_text("/**:\n  ros__parameters:\n" + "".join(f"    {k}: {v}\n" for k, v in overrides.items()))
+    written = tmp_path / "pred_bag"
+    args = ["--image-topic", "/camera/image_raw", "--gt-topic", "/camera/semantic_gt", "--model", str(tiny_onnx),
+            "--params-file", str(params), "--write-bag", str(written)]
+    assert _eval(bag, tmp_path / "r.json", *args) == 0
+    with BagReader(written) as reader:
+        grids = [np.asarray(m.data, np.int8) for _, _, m in reader.messages(["/semantic_costmap"])]
+    with BagReader(bag) as reader:
+        depths = [m for _, _, m in reader.messages(["/camera/depth/image_raw"])]
+    projector, _ = node_projector(overrides, CITYSCAPES_CLASSES)
+    projector.set_intrinsics(np.array([[camera.fx, 0, camera.cx], [0, camera.fy, camera.cy], [0, 0, 1]]), (H, W))
+    decoder = DepthDecoder()
+    with OnnxRuntimeBackend(str(tiny_onnx), threads=1) as backend:
+        pipeline = SegPipeline(backend, "camera", projector)
+        for frame, msg, grid in zip(frames, depths, grids, strict=True):
+            depth = decoder.decode(msg.data, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian)
+            result = pipeline.process(frame.rgb, OutputRequest(costmaps=True), depth_source=lambda: depth)
+            assert np.array_equal(grid, result.costmaps[""].ravel())
+            assert not np.array_equal(grid, projector.project(result.model_labels, (H, W))[""].ravel())
+    assert _eval(write_drive_bag(tmp_path / "no_depth", _frames(1)), tmp_path / "r2.json", *args[:-1],
+                 str(tmp_path / "pred2")) == 2
+    assert "has no depth topic '/camera/depth/image_raw'" in capsys.readouterr().err
+
+
 def test_a_damaged_mcap_bag_is_an_error_not_a_score(tiny_onnx, tmp_path, capsys):
     bag = write_drive_bag(tmp_path / "b", _frames(30, seed=1), storage="mcap")
     mcap = next(bag.glob("*.mcap"))
@@ -204,7 +243,7 @@ def test_depth_pairs_with_the_nearest_image_within_the_nodes_depth_tolerance():
     pytest.importorskip("rclpy")  # seg_node's parameters
     from types import SimpleNamespace
 
-    from seg_perception.eval.bag_eval import _CostmapScoring, node_projector
+    from seg_perception.eval.bag_eval import _DepthPairing, node_projector
     from seg_perception.labels import CITYSCAPES_CLASSES
 
     def depth_msg(ns: int, metres: float):
@@ -216,10 +255,10 @@ def test_depth_pairs_with_the_nearest_image_within_the_nodes_depth_tolerance():
     ms = 1_000_000
     for overrides, at_150ms in (({}, None), ({"depth_tolerance": 0.06}, 2.0)):
         projector, lut = node_projector(overrides, CITYSCAPES_CLASSES)
-        scoring = _CostmapScoring(projector, lut, CITYSCAPES_CLASSES, "/camera/depth/image_raw")
+        pairing = _DepthPairing("/camera/depth/image_raw", projector.depth.pairing_tolerance_s)
         for ns, metres in ((0, 1.0), (100 * ms, 2.0), (200 * ms, 3.0)):
-            scoring.on_depth(depth_msg(ns, metres))
-        assert scoring.paired_depth(95 * ms)[0, 0] == 2.0  # 5 ms before its depth image: still its pair
-        assert scoring.paired_depth(188 * ms)[0, 0] == 3.0  # the nearest, not the latest before the frame
-        paired = scoring.paired_depth(150 * ms)  # 50 ms from both
+            pairing.on_depth(depth_msg(ns, metres))
+        assert pairing.paired(95 * ms, (8, 16))[0, 0] == 2.0  # 5 ms before its depth image: still its pair
+        assert pairing.paired(188 * ms, (8, 16))[0, 0] == 3.0  # the nearest, not the latest before the frame
+        paired = pairing.paired(150 * ms, (8, 16))  # 50 ms from both
         assert (paired if paired is None else paired[0, 0]) == at_150ms

@@ -7,12 +7,12 @@ A config's `window_ns` runs only the images logged in one time slice of the bag:
 (seg_perception/eval/fleet.py) splits long bags so and sums the slices' statistics.
 
 `--write-bag` also stores what seg_node would publish (mask, colour mask, costmaps projected with the bag's
-CameraInfo and the node's camera-pose / grid parameters) next to the camera topics, for RViz or Foxglove.
+CameraInfo and the node's camera-pose / grid parameters; built from the bag's depth when those parameters set
+`depth_topic`, as seg_node builds them) next to the camera topics, for RViz or Foxglove.
 
 When the bag holds a true top-down map (OccupancyGrid of train ids, as `seg-perception synth --bag` writes), the
 costmaps are scored too: flat-ground and, with a registered depth topic, depth-built, side by side
-(eval.costmap_metrics). An image pairs with the latest depth image logged before it, when their stamps are
-within the stamp tolerance.
+(eval.costmap_metrics). An image pairs with the depth image nearest its stamp within the node's depth_tolerance.
 """
 
 from __future__ import annotations
@@ -147,6 +147,11 @@ def node_projector(overrides: dict, class_names, source: str = "seg_node paramet
         raise EvalError(f"costmap parameters: {exc}") from exc
 
 
+def _node_depth_topic(config: BagEvalConfig) -> str:
+    """seg_node's `depth_topic` parameter in --params-file ('': the node builds flat-ground costmaps)."""
+    return str(_ros_parameters(config.params_file).get("depth_topic", "")) if config.params_file else ""
+
+
 def _projector(config: BagEvalConfig, class_names):
     """node_projector with --params-file."""
     if config.params_file is None:
@@ -204,7 +209,12 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
         if topdown_topic and importlib.util.find_spec("rclpy") is None:
             print("eval bag: costmaps not scored: seg_node's parameters need rclpy (the [ros] extra)", file=sys.stderr)
             topdown_topic = ""
-        depth_topic = config.depth_topic if topdown_topic and config.depth_topic in reader.topics else ""
+        write_depth = bool(config.write_bag and info_topic and _node_depth_topic(config))
+        if write_depth and config.depth_topic not in reader.topics:
+            raise EvalError(f"'{config.params_file}' sets depth_topic, but '{config.bag}' has no depth topic "
+                            f"'{config.depth_topic}' (--depth-topic) to build --write-bag's costmaps from")
+        depth_topic = config.depth_topic if (topdown_topic or write_depth) and config.depth_topic in reader.topics \
+            else ""
         if topdown_topic:
             reader.topic(topdown_topic, (OCCUPANCY_GRID,))
         if depth_topic:
@@ -223,11 +233,12 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
             tracer = Tracer(capacity=n_frames)
             pipeline = SegPipeline(backend, "camera", projector if config.write_bag else None, tracer)
             outputs = _Outputs(config, pipeline, reader) if config.write_bag else None
-            scoring = (_CostmapScoring(projector, fused_lut, backend.info.class_names, depth_topic)
+            depth = _DepthPairing(depth_topic, projector.depth.pairing_tolerance_s) if depth_topic else None
+            scoring = (_CostmapScoring(projector, fused_lut, backend.info.class_names, depth)
                        if topdown_topic else None)
             try:
                 result = _run(config, reader, pipeline, outputs, image_type, info_topic, gt_stamps, gt_files,
-                              n_frames, on_frame, scoring, topdown_topic)
+                              n_frames, on_frame, scoring, topdown_topic, depth if write_depth else None, depth)
                 if scoring is not None:
                     result.costmap_iou = scoring.iou
                 return result
@@ -239,32 +250,43 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
                 backend.close()
 
 
-class _CostmapScoring:
-    """Flat-ground and depth costmaps of every image, scored against the true top-down map of the same stamp
-    (whichever of the two arrives first waits for the other)."""
+class _DepthPairing:
+    """The bag's recent depth images, and the one seg_node pairs with a colour frame: the nearest its stamp within
+    depth_tolerance, decoded (metres) and checked to be registered to the frame."""
 
-    def __init__(self, projector, fused_lut: np.ndarray, class_names, depth_topic: str) -> None:
+    def __init__(self, topic: str, tolerance_s: float) -> None:
         from seg_perception.core.depth_costmap import DepthDecoder
 
-        self.projector, self.depth_topic = projector, depth_topic
-        self.tolerance_ns = int(projector.depth.pairing_tolerance_s * 1e9)  # seg_node's depth_tolerance
-        self.iou = CostmapIoU(tuple(class_names), fused_lut)
+        self.topic = topic
+        self.tolerance_ns = int(tolerance_s * 1e9)
         self.decoder = DepthDecoder()
         self.depths: collections.deque = collections.deque(maxlen=8)  # (stamp, message) of recent depth images
-        self.intrinsics: tuple[np.ndarray, tuple[int, int]] | None = None
-        self.truths: dict[int, np.ndarray] = {}  # top-down maps that arrived before their image
-        self.waiting: dict[int, tuple[dict, np.ndarray]] = {}  # layers (copies) and view of images without truth
-        self._visible_key: tuple | None = None
 
     def on_depth(self, msg) -> None:
         self.depths.append((stamp_ns(msg.header), msg))
 
-    def paired_depth(self, ns: int) -> np.ndarray | None:
-        """The depth image nearest the frame's stamp within seg_node's depth_tolerance, decoded (metres)."""
+    def paired(self, ns: int, camera_hw: tuple[int, int]) -> np.ndarray | None:
+        from seg_perception.core.depth_costmap import check_registered
+
         stamp, msg = min(self.depths, key=lambda d: abs(d[0] - ns), default=(None, None))
         if msg is None or abs(stamp - ns) > self.tolerance_ns:
             return None
-        return self.decoder.decode(msg.data, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian)
+        depth = self.decoder.decode(msg.data, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian)
+        check_registered(camera_hw, depth.shape)
+        return depth
+
+
+class _CostmapScoring:
+    """Flat-ground and depth costmaps of every image, scored against the true top-down map of the same stamp
+    (whichever of the two arrives first waits for the other)."""
+
+    def __init__(self, projector, fused_lut: np.ndarray, class_names, depth: _DepthPairing | None) -> None:
+        self.projector, self.depth = projector, depth
+        self.iou = CostmapIoU(tuple(class_names), fused_lut)
+        self.intrinsics: tuple[np.ndarray, tuple[int, int]] | None = None
+        self.truths: dict[int, np.ndarray] = {}  # top-down maps that arrived before their image
+        self.waiting: dict[int, tuple[dict, np.ndarray]] = {}  # layers (copies) and view of images without truth
+        self._visible_key: tuple | None = None
 
     def on_truth(self, msg) -> None:
         from seg_perception.eval.costmap_metrics import resample_truth
@@ -278,14 +300,9 @@ class _CostmapScoring:
             self.truths[ns] = truth
 
     def on_frame(self, ns: int, labels: np.ndarray, camera_hw: tuple[int, int]) -> None:
-        from seg_perception.core.depth_costmap import check_registered
-
         layers = {"flat_ground": self.projector.project(labels, camera_hw)}
-        if self.depth_topic:
-            depth = self.paired_depth(ns)
-            if depth is not None:
-                check_registered(camera_hw, depth.shape)
-            layers["depth"] = self.projector.project_depth(labels, camera_hw, depth)
+        if self.depth is not None:
+            layers["depth"] = self.projector.project_depth(labels, camera_hw, self.depth.paired(ns, camera_hw))
         visible = self._visible(camera_hw)
         if ns in self.truths:
             self._score(layers, visible, self.truths.pop(ns))
@@ -309,7 +326,9 @@ class _CostmapScoring:
 
 def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, outputs: _Outputs | None,
          image_type: str, info_topic: str, gt_stamps: list[int], gt_files: dict[int, Path], n_frames: int,
-         on_frame, scoring: _CostmapScoring | None = None, topdown_topic: str = "") -> BagEvalResult:
+         on_frame, scoring: _CostmapScoring | None = None, topdown_topic: str = "",
+         write_depth: _DepthPairing | None = None, depth: _DepthPairing | None = None) -> BagEvalResult:
+    """write_depth: where --write-bag's costmaps take their depth (None: flat ground); depth: every depth reader."""
     tracer = pipeline.tracer
     projector = scoring.projector if scoring is not None else pipeline.projector
     request = OutputRequest(mask=True, color=outputs is not None, costmaps=pipeline.projector is not None)
@@ -338,7 +357,7 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
     if projector is not None:  # intrinsics before the first frame, whatever the message order
         set_intrinsics(reader.first(info_topic))
 
-    depth_topic = scoring.depth_topic if scoring is not None else ""
+    depth_topic = depth.topic if depth is not None else ""
     topics = [t for t in (config.image_topic, config.gt_topic, info_topic, depth_topic, topdown_topic) if t]
     for conn, log_ns, raw in reader.raw_messages(topics, *_read_span(config)):
         if conn.topic == config.image_topic and not _in_window(config, log_ns):
@@ -351,7 +370,7 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
                 set_intrinsics(msg)
             continue
         if conn.topic == depth_topic:
-            scoring.on_depth(msg)
+            depth.on_depth(msg)
             continue
         if conn.topic == topdown_topic:
             scoring.on_truth(msg)
@@ -370,7 +389,8 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
             rgb = pipeline.decode_compressed(msg.data, msg.format, slot)
         else:
             rgb = pipeline.decode_raw(msg.data, msg.encoding, msg.height, msg.width, msg.step, slot)
-        result = pipeline.process(rgb, request, slot)
+        depth_source = (lambda: write_depth.paired(ns, rgb.shape[:2])) if write_depth is not None else None
+        result = pipeline.process(rgb, request, slot, depth_source)
         tracer.commit(slot)
         if scoring is not None:
             scoring.on_frame(ns, result.model_labels, rgb.shape[:2])
