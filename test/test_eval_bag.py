@@ -178,6 +178,24 @@ def test_costmaps_scored_against_the_true_top_down_map_in_both_modes(tiny_onnx, 
     assert "| costmap layer | flat_ground IoU (%) | depth IoU (%) |" in out.with_suffix(".md").read_text()
 
 
+def test_frames_without_a_top_down_map_are_not_kept():
+    """A bag with a true map for some frames only: the others' costmaps wait for a map at most a second, so a long
+    drive does not pile up every frame's layers in memory (it kept all of them)."""
+    pytest.importorskip("rclpy")  # seg_node's parameters
+    from seg_perception.eval.bag_eval import SLICE_MARGIN_NS, _CostmapScoring, node_projector
+    from seg_perception.labels import CITYSCAPES_CLASSES
+
+    projector, lut = node_projector({}, CITYSCAPES_CLASSES)
+    k = np.array([[100.0, 0, 71.5], [0, 100.0, 35.5], [0, 0, 1]])
+    projector.set_intrinsics(k, (H, W))
+    scoring = _CostmapScoring(projector, lut, CITYSCAPES_CLASSES, None)
+    scoring.intrinsics = (k, (H, W))
+    period = int(1e9 / RATE)
+    for i in range(40):  # 4 s of frames, none with a map
+        scoring.on_frame(START_NS + i * period, np.zeros((H // 2, W // 2), np.uint8), (H, W))
+        assert len(scoring.waiting) <= SLICE_MARGIN_NS // period + 1
+
+
 def test_write_bag_costmaps_are_built_from_depth_when_the_node_uses_depth(tiny_onnx, tmp_path, capsys):
     """With `depth_topic` in the parameters, seg_node builds its costmaps from depth: so does --write-bag, from the
     bag's depth topic (it wrote flat-ground costmaps, which that node never publishes)."""

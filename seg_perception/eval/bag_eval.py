@@ -284,8 +284,11 @@ class _CostmapScoring:
         self.projector, self.depth = projector, depth
         self.iou = CostmapIoU(tuple(class_names), fused_lut)
         self.intrinsics: tuple[np.ndarray, tuple[int, int]] | None = None
-        self.truths: dict[int, np.ndarray] = {}  # top-down maps that arrived before their image
-        self.waiting: dict[int, tuple[dict, np.ndarray]] = {}  # layers (copies) and view of images without truth
+        # Top-down maps that arrived before their image, and layers (copies) and view of images whose map has not
+        # arrived; both by stamp, dropped once SLICE_MARGIN_NS older than the newest frame: a map is logged close
+        # to its image, and a bag with maps for some frames only would otherwise keep every other frame's layers.
+        self.truths: dict[int, np.ndarray] = {}
+        self.waiting: dict[int, tuple[dict, np.ndarray]] = {}
         self._visible_key: tuple | None = None
 
     def on_truth(self, msg) -> None:
@@ -308,6 +311,9 @@ class _CostmapScoring:
             self._score(layers, visible, self.truths.pop(ns))
         else:  # the projector reuses its buffers
             self.waiting[ns] = ({m: {k: v.copy() for k, v in grids.items()} for m, grids in layers.items()}, visible)
+        for pending in (self.truths, self.waiting):
+            for stale in [stamp for stamp in pending if stamp < ns - SLICE_MARGIN_NS]:
+                del pending[stale]
 
     def _visible(self, camera_hw: tuple[int, int]) -> np.ndarray:
         from seg_perception.eval.costmap_metrics import visible_cells
@@ -410,7 +416,7 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
         else:
             waiting[gt_ns] = result.mask.copy()  # the pipeline reuses its buffers
     if config.window_ns is not None:
-        late = len(waiting) + (len(scoring.waiting) if scoring is not None else 0)
+        late = len(waiting)  # ground truth that exists (its stamp is listed) but was not read within the margin
         if late:
             raise EvalError(f"'{config.bag}': the ground truth of {late} frames is logged more than "
                             f"{SLICE_MARGIN_NS / 1e9:g} s from them; evaluate this bag whole (no slices)")
