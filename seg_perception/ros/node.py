@@ -105,7 +105,7 @@ class SegNode(Node):
         self.depth_dropped = 0  # frames whose depth-built outputs stayed unknown (no, late, or bad depth)
         self._depths: collections.deque[Image] = collections.deque(maxlen=8)  # newest last
         self._depths_arrived = threading.Condition()
-        self._depth_decoder = DepthDecoder()
+        self._depth_decoder = DepthDecoder(p.max_input_pixels)
         self._depth_paired = False  # the current frame found its depth image
         self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
         self._camera_info: CameraInfo | None = None  # the latest one with valid fields (set by the executor)
