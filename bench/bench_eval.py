@@ -25,7 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_perception.eval.cityscapes import CityscapesJob, evaluate, find_samples, match_predictions, read_ids
+from seg_perception.eval.cityscapes import CityscapesJob, find_samples, match_predictions
+from seg_perception.eval.image_eval import evaluate, read_ids
 from seg_perception.eval.metrics import CITYSCAPES_CLASSES, scores
 
 H, W = 1024, 2048

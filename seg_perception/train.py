@@ -18,8 +18,10 @@ import cv2
 import numpy as np
 
 from seg_perception.deploy.export import add_classes_argument, add_trust_argument
-from seg_perception.eval.cityscapes import Sample, find_samples, read_ids, read_rgb
-from seg_perception.eval.metrics import LABEL_TO_TRAIN, EvalStats, accumulate, scores
+from seg_perception.eval.cityscapes import find_samples
+from seg_perception.eval.image_eval import Sample, read_ids, read_rgb
+from seg_perception.eval.class_metrics import stats_for
+from seg_perception.eval.metrics import LABEL_TO_TRAIN
 from seg_perception.labels import IGNORE_ID, IMAGENET_MEAN, IMAGENET_STD
 from seg_perception.sizes import parse_hw
 
@@ -118,14 +120,12 @@ def _dataset_cls():
     return CityscapesCrops
 
 
-def evaluate(model, samples: list[Sample], input_size: tuple[int, int], num_classes: int | None = None) -> float | None:
-    """mIoU of `model` on `samples`: images resized to input_size, logits resized back to the label size.
-    Cityscapes train ids (num_classes None) are scored by the project's Cityscapes metrics; another class set's
-    ids by a plain confusion matrix (ids >= num_classes, such as 255, ignored)."""
+def evaluate(model, samples: list[Sample], input_size: tuple[int, int], class_names) -> float | None:
+    """mIoU of `model` on `samples`: images resized to input_size, logits resized back to the label size, scored
+    as `eval` scores a model of these classes (eval.class_metrics.stats_for)."""
     import torch
     import torch.nn.functional as F
-    stats = EvalStats()
-    confusion = np.zeros((num_classes or 0, num_classes or 0), np.int64)
+    stats = stats_for(class_names)
     model.eval()
     with torch.inference_mode():
         for s in samples:
@@ -134,18 +134,9 @@ def evaluate(model, samples: list[Sample], input_size: tuple[int, int], num_clas
             logits = model(_to_tensor(rgb)[None])
             logits = F.interpolate(logits, size=gt.shape, mode="bilinear", align_corners=False)
             pred = logits.argmax(1)[0].to(torch.uint8).numpy()
-            if num_classes is None:
-                accumulate(stats, gt, pred, "trainIds", "trainIds")
-            else:
-                valid = gt < num_classes
-                confusion += np.bincount(gt[valid].astype(np.int64) * num_classes + pred[valid],
-                                         minlength=num_classes ** 2).reshape(num_classes, num_classes)
+            stats.add(gt, pred)
     model.train()
-    if num_classes is None:
-        return scores(stats).miou
-    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
-    present = union > 0
-    return float(np.mean(np.diag(confusion)[present] / union[present])) if present.any() else None
+    return stats.scores().miou
 
 
 def poly_lr(base: float, it: int, total: int, warmup: int, power: float = 1.0) -> float:
@@ -218,8 +209,7 @@ def train(cfg: TrainConfig) -> list[EpochResult]:
             if iteration >= total:
                 break
         bar.close()
-        own = None if classes.source == "cityscapes" else len(classes)
-        miou = evaluate(model, val_samples, cfg.input_size, own) if val_samples else None
+        miou = evaluate(model, val_samples, cfg.input_size, classes.names) if val_samples else None
         result = EpochResult(epoch + 1, iteration, float(np.mean(losses)), miou, time.perf_counter() - t0)
         results.append(result)
         if miou is not None and miou > best:

@@ -103,13 +103,13 @@ def test_export_refusals_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_evaluation_refuses_a_model_of_other_classes():
-    """Cityscapes and bag evaluation score Cityscapes train ids; a card with other classes cannot be scored."""
+def test_cityscapes_evaluation_refuses_a_model_of_other_classes():
+    """Cityscapes ground truth holds Cityscapes' classes; a card with others is pointed to folder or bag eval."""
     from seg_perception.backends.base import ModelInfo
     from seg_perception.eval import EvalError
-    from seg_perception.eval.inference import InferenceConfig
+    from seg_perception.eval.cityscapes import CityscapesJob
 
     own = load_classes("ade20k")
-    with pytest.raises(EvalError, match="predicts its own 150 classes"):
-        InferenceConfig().check(ModelInfo(name="m", class_names=own.names, palette=own.palette))
-    InferenceConfig().check(ModelInfo(name="m"))  # the Cityscapes default passes
+    with pytest.raises(EvalError, match="predicts its own 150 classes .* `eval folder` or `eval bag`"):
+        CityscapesJob([]).check_model(ModelInfo(name="m", class_names=own.names, palette=own.palette))
+    CityscapesJob([]).check_model(ModelInfo(name="m"))  # the Cityscapes default passes

@@ -15,7 +15,8 @@ from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
 from seg_perception.cli import main
 from seg_perception.core.pipeline import SegPipeline
 from seg_perception.eval import EvalError
-from seg_perception.eval.cityscapes import CityscapesJob, evaluate, find_samples
+from seg_perception.eval.cityscapes import CityscapesJob, find_samples
+from seg_perception.eval.image_eval import evaluate
 from seg_perception.eval.inference import InferenceConfig, Predictor, _window_starts
 from seg_perception.eval.cityscapes import match_predictions
 from seg_perception.eval.metrics import scores

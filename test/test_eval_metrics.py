@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_perception.eval.cityscapes import CityscapesJob, evaluate, find_samples, match_predictions
+from seg_perception.eval.cityscapes import CityscapesJob, find_samples, match_predictions
+from seg_perception.eval.image_eval import evaluate
 from seg_perception.eval.metrics import (CITYSCAPES_CLASSES, LABEL_TO_TRAIN, TRAIN_TO_LABEL, EvalStats, accumulate,
                                          scores)
 

@@ -86,7 +86,8 @@ def test_drive_is_temporally_coherent():
 def test_cityscapes_layout_is_what_cityscapesscripts_and_the_evaluator_read(tmp_path):
     from cityscapesscripts.helpers.csHelpers import getCsFileInfo
 
-    from seg_perception.eval.cityscapes import find_samples, read_ids
+    from seg_perception.eval.cityscapes import find_samples
+    from seg_perception.eval.image_eval import read_ids
     written = write_cityscapes(tmp_path, "val", 3, size=(64, 128), seed=5)
     assert len(written) == 3 and all(p.is_file() for p in written)
     samples = find_samples(tmp_path, "val")

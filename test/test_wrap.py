@@ -1,6 +1,7 @@
 """`seg-perception wrap` and `info`: a third-party SegFormer graph (Hugging Face, random weights) wrapped into
-the contract agrees with the original's upsampled argmax; labels and probability outputs, channel order and
-layout options; graphs it cannot wrap are refused by name."""
+the contract agrees with the original's upsampled argmax; with `--logits` it outputs those upsampled scores, and
+sliding-window evaluation runs on it; labels and probability outputs, channel order and layout options; graphs
+it cannot wrap are refused by name."""
 
 from __future__ import annotations
 
@@ -18,10 +19,15 @@ ort = pytest.importorskip("onnxruntime")
 import torch.nn.functional as F  # noqa: E402
 from third_party_models import segformer_onnx, write_classes  # noqa: E402
 
+from seg_perception.backends.engine_build import BuildConfig, input_shapes  # noqa: E402
 from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from seg_perception.classes import load_classes  # noqa: E402
 from seg_perception.cli import main  # noqa: E402
+from seg_perception.core.pipeline import SegPipeline  # noqa: E402
+from seg_perception.deploy.trt_compat import check_onnx  # noqa: E402
 from seg_perception.deploy.wrap import WrapError, WrapOptions, wrap_onnx  # noqa: E402
+from seg_perception.eval import EvalError  # noqa: E402
+from seg_perception.eval.inference import InferenceConfig, Predictor  # noqa: E402
 from seg_perception.labels import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 H, W = 64, 96
@@ -59,9 +65,9 @@ def original_scores(path, image: np.ndarray, channel_order: str = "rgb") -> torc
 
 
 def run_wrapped(path, image: np.ndarray):
+    """labels, confidence (and logits when the graph has them), batch axis dropped."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    labels, confidence = session.run(None, {"image": image[None]})
-    return labels[0], confidence[0]
+    return tuple(out[0] for out in session.run(None, {"image": image[None]}))
 
 
 def test_wrapped_segformer_agrees_with_the_original(segformer, classes, tmp_path, capsys):
@@ -104,6 +110,62 @@ def test_bgr_graph_gets_the_channels_reversed(segformer, classes, tmp_path):
     assert np.mean(labels == scores.argmax(1)[0].numpy()) >= 0.999
 
 
+def test_logits_output_is_the_upsampled_scores(segformer, classes, tmp_path, capsys):
+    """`--logits`: the original's logits upsampled bilinearly, NCHW float32, which labels are the argmax of;
+    the card, `info`, `check-trt` and build-engine's checks take the third output as they do an export's."""
+    out = tmp_path / "logits.onnx"
+    assert main(["wrap", str(segformer), "--out", str(out), "--input-size", f"{H}x{W}", "--layout", "nchw",
+                 "--classes", str(classes), "--logits"]) == 0
+    assert "labels, confidence and logits" in capsys.readouterr().out
+    for seed in (6, 7):
+        image = scene(seed)
+        labels, confidence, logits = run_wrapped(out, image)
+        assert logits.dtype == np.float32 and logits.shape == (5, H, W)
+        expected = original_scores(segformer, image)[0].numpy()  # random weights: logits of about 1e-3
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+        assert np.array_equal(labels, logits.argmax(0))
+        expected_conf = (torch.softmax(torch.from_numpy(logits), 0).amax(0) * 255).round().numpy()
+        assert np.abs(confidence.astype(int) - expected_conf).max() <= 1
+    with OnnxRuntimeBackend(str(out)) as backend:
+        assert backend.info.has_logits
+        assert np.array_equal(backend.infer(scene(6), want_logits=True).logits, run_wrapped(out, scene(6))[2])
+    assert main(["info", str(out), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["outputs"][2] == {"name": "logits", "type": "FP32", "shape": [1, 5, H, W]}
+    assert card["check_trt"]["ok"], card["check_trt"]
+    assert main(["check-trt", str(out), "--trt-version", "8.6"]) == 0, capsys.readouterr().out
+    info, shapes = input_shapes(out, BuildConfig())
+    assert info.has_logits and shapes["image"] == [[1, H, W, 3]] * 3
+
+
+@pytest.fixture(scope="module")
+def cityscapes_segformers(tmp_path_factory):
+    """A 19-class SegFormer wrapped with Cityscapes classes, with and without `--logits`."""
+    folder = tmp_path_factory.mktemp("cityscapes")
+    src = segformer_onnx(folder / "segformer19.onnx", num_labels=19)
+    paths = {}
+    for logits in (True, False):
+        paths[logits] = folder / f"wrapped_{logits}.onnx"
+        wrap_onnx(src, paths[logits], WrapOptions((H, W), "nchw", classes=load_classes("cityscapes"), logits=logits))
+    return paths
+
+
+def test_slide_evaluation_runs_on_a_wrapped_graph_with_logits(cityscapes_segformers):
+    rgb = scene(8)
+    with OnnxRuntimeBackend(str(cityscapes_segformers[True]), threads=1) as backend:
+        pipeline = SegPipeline(backend, "camera")
+        labels = pipeline.process(rgb).mask.copy()
+        slide = Predictor(pipeline, InferenceConfig("slide"))
+        assert np.mean(slide.predict(rgb) == labels) > 0.999  # one window: softmax argmax of logits = labels
+        # twice as wide: windows at columns 0, 64 and 96 (2/3 stride); columns 0..63 lie in the first alone
+        out = slide.predict(np.ascontiguousarray(np.concatenate([rgb, scene(9)], axis=1)))
+        assert out.shape == (H, 2 * W) and out.max() < 19
+        assert np.mean(out[:, :64] == labels[:, :64]) > 0.999
+    with OnnxRuntimeBackend(str(cityscapes_segformers[False]), threads=1) as backend:
+        with pytest.raises(EvalError, match="wrap it with --logits"):
+            Predictor(SegPipeline(backend, "camera"), InferenceConfig("slide"))
+
+
 def _with_tail(src, dst, op: str, **attrs):
     """The SegFormer graph with its logits turned into labels (ArgMax, mmdeploy style) or probabilities."""
     model = onnx.load(str(src))
@@ -122,10 +184,11 @@ def test_labels_and_probability_outputs(segformer, classes, tmp_path, kind):
     src = _with_tail(segformer, tmp_path / f"{kind}.onnx", "ArgMax" if kind == "labels" else "Softmax",
                      **({"keepdims": 1} if kind == "labels" else {}))
     out = tmp_path / f"{kind}_wrapped.onnx"
+    logits = ["--logits"] if kind == "probabilities" else []
     assert main(["wrap", str(src), "--out", str(out), "--input-size", f"{H}x{W}", "--layout", "nchw",
-                 "--output", kind, "--classes", str(classes)]) == 0
+                 "--output", kind, "--classes", str(classes), *logits]) == 0
     image = scene(5)
-    labels, confidence = run_wrapped(out, image)
+    labels, confidence, *log_probs = run_wrapped(out, image)
     session = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
     x = (image.astype(np.float32) - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
     (raw,) = session.run(None, {"pixel_values": np.ascontiguousarray(x.transpose(2, 0, 1)[None])})
@@ -137,6 +200,9 @@ def test_labels_and_probability_outputs(segformer, classes, tmp_path, kind):
         up = F.interpolate(raw, size=(H, W), mode="bilinear", align_corners=False)
         assert np.mean(labels == up.argmax(1)[0].numpy()) >= 0.999
         assert np.abs(confidence.astype(int) - (up.amax(1)[0] * 255).round().numpy()).max() <= 1
+        # the logits output is log(probabilities): its softmax gives them back, normalised
+        np.testing.assert_allclose(torch.softmax(torch.from_numpy(log_probs[0]), 0).numpy(),
+                                   (up / up.sum(1, keepdim=True))[0].numpy(), rtol=1e-4, atol=1e-6)
 
 
 def _graph(path, inputs, outputs, nodes, opset: int = 17, initializers=()):
@@ -146,28 +212,30 @@ def _graph(path, inputs, outputs, nodes, opset: int = 17, initializers=()):
     return path
 
 
-@pytest.mark.parametrize("opset", [11, 18])  # Resize's roi/scales must be present at 11; reduce axes move around
-def test_opsets_the_post_processing_spans(tmp_path, opset):
-    """A 1x1 conv classifier at stride 2 (NHWC input), written at the oldest and a newer opset."""
+# Resize's roi/scales must be present at 11; reduce axes move around; at stride 1 nothing is resized
+@pytest.mark.parametrize("opset, stride", [(11, 2), (18, 1)])
+def test_opsets_the_post_processing_spans(tmp_path, opset, stride):
+    """A 1x1 conv classifier (NHWC input), written at the oldest and a newer opset, wrapped with logits."""
     rng = np.random.default_rng(opset)
     weight = rng.normal(size=(5, 3, 1, 1)).astype(np.float32)  # one score per class of write_classes
     f = TensorProto.FLOAT
     src = _graph(tmp_path / f"conv{opset}.onnx", [helper.make_tensor_value_info("x", f, [1, 32, 48, 3])],
-                 [helper.make_tensor_value_info("y", f, [1, 5, 16, 24])],
+                 [helper.make_tensor_value_info("y", f, [1, 5, 32 // stride, 48 // stride])],
                  [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
                   helper.make_node("Conv", ["xt", "w"], ["c"]),
-                  helper.make_node("AveragePool", ["c"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+                  helper.make_node("AveragePool", ["c"], ["y"], kernel_shape=[stride] * 2, strides=[stride] * 2)],
                  opset=opset, initializers=[onnx.numpy_helper.from_array(weight, "w")])
     out = tmp_path / f"conv{opset}_wrapped.onnx"
     wrap_onnx(src, out, WrapOptions(classes=load_classes(str(write_classes(tmp_path / "c.yaml"))), mean=(0, 0, 0),
-                                    std=(255, 255, 255)))
+                                    std=(255, 255, 255), logits=True))
     image = scene(opset)[:32, :48].copy()
     x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
-    logits = F.avg_pool2d(F.conv2d(x, torch.from_numpy(weight)), 2)
+    logits = F.avg_pool2d(F.conv2d(x, torch.from_numpy(weight)), stride)
     up = F.interpolate(logits, size=(32, 48), mode="bilinear", align_corners=False)
-    labels, confidence = run_wrapped(out, image)
+    labels, confidence, wrapped_logits = run_wrapped(out, image)
     assert np.mean(labels == up.argmax(1)[0].numpy()) >= 0.999
     assert np.abs(confidence.astype(int) - (torch.softmax(up, 1).amax(1)[0] * 255).round().numpy()).max() <= 1
+    np.testing.assert_allclose(wrapped_logits, up[0].numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_graphs_it_cannot_wrap_are_refused(segformer, tmp_path, capsys):
@@ -193,6 +261,8 @@ def test_graphs_it_cannot_wrap_are_refused(segformer, tmp_path, capsys):
          "predicts 5 classes but --classes gives 19"),
         (segformer, ["--layout", "nchw", "--input-size", f"{H}x{W}"], "no builtin set has that many"),
         (segformer, ["--layout", "nchw", "--input-size", f"{H}x{W}", "--out", str(segformer)], "never overwrites"),
+        (segformer, ["--layout", "nchw", "--input-size", f"{H}x{W}", "--output", "labels", "--logits"],
+         "--logits needs per-class scores"),
     ]
     for src, extra, message in cases:
         out = tmp_path / "out.onnx"

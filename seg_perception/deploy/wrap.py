@@ -4,7 +4,8 @@ Pre-processing (uint8 NHWC RGB -> the graph's float input: channel order, mean/s
 post-processing (scores upsampled bilinearly to the input size before the argmax, as our exports do; or labels
 resized nearest) are composed around the untouched graph in one ONNX file, with the model card in its
 metadata, so that seg_node, `eval`, `check-trt` and `build-engine` take the result like one of our exports.
-The post-processing runs channels-last, as `export` does, so the per-pixel reductions are contiguous.
+The post-processing runs channels-last, as `export` does, so the per-pixel reductions are contiguous. With
+`logits`, the upsampled scores are also an output, back in NCHW, as `export --logits` writes them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ LAYOUTS = ("nchw", "nhwc")
 MIN_OPSET = 11  # Resize with sizes, Round, Clip with min/max inputs
 _FLOAT_TYPES = {1: np.float32, 10: np.float16}  # ONNX TensorProto element type -> numpy
 _PREFIX = "seg_perception_wrap/"  # names of every tensor and node this module adds
+# log(p) of a probability output, clipped here: softmax(log p) = p / sum(p), and log(0) would be -inf.
+_MIN_PROBABILITY = 1e-12
 
 
 class WrapError(UsageError, ValueError):
@@ -40,6 +43,7 @@ class WrapOptions:
     output: str = "logits"  # what the graph's first output holds: logits | probabilities | labels
     classes: object = None  # a ClassSet; default: Cityscapes, or the builtin set of the graph's class count
     name: str = ""  # model name in the card; default: the file's stem
+    logits: bool = False  # also output float32 1 x K x H x W scores, for sliding-window and TTA evaluation
 
 
 @dataclass
@@ -159,6 +163,9 @@ def _check_options(options: WrapOptions) -> None:
         raise WrapError(f"--channel-order must be rgb or bgr, got '{options.channel_order}'")
     if len(options.mean) != 3 or len(options.std) != 3 or min(options.std) <= 0:
         raise WrapError("--mean and --std take three values each (0-255 units), std > 0")
+    if options.logits and options.output == "labels":
+        raise WrapError("--logits needs per-class scores, and a graph whose output is labels has none: wrap a "
+                        "graph that outputs logits or probabilities")
 
 
 def _check_per_pixel(name: str, shape: tuple, size: tuple[int, int], kind: str) -> None:
@@ -237,15 +244,23 @@ def _to_uint8(b: _Builder, x: str, output: str) -> str:
 
 
 def _postprocess_scores(b: _Builder, src: _Source, graph_output: str, num_classes: int,
-                        probabilities: bool) -> None:
-    """1 x K x h x w scores -> labels and confidence at the input size, channels-last."""
+                        probabilities: bool, logits: bool) -> None:
+    """1 x K x h x w scores -> labels and confidence at the input size, channels-last (and the scores, NCHW,
+    as `logits`: log-probabilities for a graph that outputs probabilities)."""
     h, w = src.size
-    x = b.op("Cast", [graph_output], "scores_float", to=1)
-    x = b.op("Transpose", [x], "scores_nhwc", perm=[0, 2, 3, 1])
-    if tuple(src.output_shape[2:]) != (h, w):
+    scores = b.op("Cast", [graph_output], "scores_float", to=1)
+    x = b.op("Transpose", [scores], "scores_nhwc", perm=[0, 2, 3, 1])
+    resized = tuple(src.output_shape[2:]) != (h, w)
+    if resized:
         sizes = b.const("sizes", np.array([1, h, w, num_classes], np.int64))
         x = b.op("Resize", [x, b.empty(), b.empty(), sizes], "upsampled", mode="linear",
                  coordinate_transformation_mode="half_pixel")
+    if logits:  # the one upsampled tensor feeds both; at the graph's own size its NCHW scores are the logits
+        nchw = b.op("Transpose", [x], "upsampled_nchw", perm=[0, 3, 1, 2]) if resized else scores
+        if probabilities:
+            floor = b.const("min_probability", np.array(_MIN_PROBABILITY, np.float32))
+            nchw = b.op("Log", [b.op("Max", [nchw, floor])], "log_probabilities")
+        b.op("Identity", [nchw], output="logits")
     b.op("Cast", [b.op("ArgMax", [x], "argmax", axis=3, keepdims=0)], output="labels", to=2)
     if probabilities:
         top = b.reduce("ReduceMax", x, axis=3, keepdims=0)
@@ -298,7 +313,7 @@ def compose(model, src: _Source, options: WrapOptions, info: ModelInfo):
     graph_input, graph_output = _PREFIX + "graph_input", _PREFIX + "graph_output"
     _rename(graph, src.output_name, graph_output)
     _rename(graph, src.input_name, graph_input)
-    for name in ("image", "labels", "confidence"):
+    for name in ("image", "labels", "confidence", "logits"):
         _rename(graph, name, _PREFIX + "graph_" + name)
     b = _Builder(graph, src.opset)
     _preprocess(b, src, options, graph_input)
@@ -307,7 +322,8 @@ def compose(model, src: _Source, options: WrapOptions, info: ModelInfo):
     if options.output == "labels":
         _postprocess_labels(b, src, graph_output)
     else:
-        _postprocess_scores(b, src, graph_output, info.num_classes, options.output == "probabilities")
+        _postprocess_scores(b, src, graph_output, info.num_classes, options.output == "probabilities",
+                            options.logits)
     nodes = pre + list(graph.node) + b.nodes
     del graph.node[:]
     graph.node.extend(nodes)
@@ -317,7 +333,10 @@ def compose(model, src: _Source, options: WrapOptions, info: ModelInfo):
     del graph.output[:]
     graph.output.extend(helper.make_tensor_value_info(n, TensorProto.UINT8, [1, h, w]) for n in ("labels",
                                                                                                  "confidence"))
+    if options.logits:
+        graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, info.num_classes, h, w]))
     info.input_size = (h, w)
+    info.has_logits = options.logits
     info.extra = {**info.extra, "opset": src.opset, "dynamic": False, "layout": src.layout,
                   "channel_order": options.channel_order, "graph_output": options.output}
     for key, value in info.to_metadata().items():
@@ -384,6 +403,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "are upsampled bilinearly to the input before the argmax")
     add_classes_argument(p)
     p.add_argument("--name", default="", help="model name in the card (default: the file's stem)")
+    p.add_argument("--logits", action="store_true",
+                   help="also output the upsampled scores as float32 logits 1 x K x H x W (log-probabilities for "
+                        "--output probabilities), which sliding-window and TTA evaluation need; not with --output "
+                        "labels")
 
 
 def run(args) -> int:
@@ -391,9 +414,9 @@ def run(args) -> int:
 
     classes = load_classes(args.classes) if args.classes else None
     options = WrapOptions(args.input_size, args.layout, args.channel_order, args.mean, args.std, args.output,
-                          classes, args.name)
+                          classes, args.name, args.logits)
     info = wrap_onnx(args.onnx, args.out, options)
     h, w = info.input_size
     print(f"wrote {args.out}: {info.name}, input {h}x{w} uint8 RGB, {info.num_classes} classes, "
-          f"labels and confidence at the input size")
+          f"labels{', confidence and logits' if info.has_logits else ' and confidence'} at the input size")
     return 0

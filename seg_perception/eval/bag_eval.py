@@ -1,6 +1,7 @@
 """Evaluate a rosbag2 drive through the node's own pipeline: every frame is decoded by
 `SegPipeline.decode_raw` / `decode_compressed` and run by `SegPipeline.process`, traced stage by stage; frames
-whose header stamp matches a ground-truth stamp (mono8 train-id topic, or `<stamp_ns>.png` files) are scored.
+whose header stamp matches a ground-truth stamp (a mono8 topic, or `<stamp_ns>.png` files, of the model's class
+ids) are scored: Cityscapes models by Cityscapes' metrics, others per their model card's classes.
 
 A config's `window_ns` runs only the images logged in one time slice of the bag: fleet evaluation
 (seg_perception/eval/fleet.py) splits long bags so and sums the slices' statistics.
@@ -32,10 +33,11 @@ from seg_perception.bags import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IMAGE_TYP
                                  stamp_ns)
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.core.trace import Tracer
-from seg_perception.eval import EvalError, require_cityscapes_classes
-from seg_perception.eval.cityscapes import read_ids
+from seg_perception.eval import EvalError
+from seg_perception.eval.class_metrics import ClassStats, stats_for
 from seg_perception.eval.costmap_metrics import CostmapIoU
-from seg_perception.eval.metrics import EvalStats, accumulate
+from seg_perception.eval.image_eval import read_ids
+from seg_perception.eval.metrics import EvalStats
 
 MASK_TOPIC, COLOR_TOPIC = "/semantic_mask", "/semantic_mask/color"  # seg_node's names in the root namespace
 # A slice reads ground truth and intrinsics logged this far beyond its window: a frame's ground truth is
@@ -47,8 +49,8 @@ SLICE_MARGIN_NS = 1_000_000_000
 class BagEvalConfig:
     bag: Path
     image_topic: str
-    gt_topic: str = ""  # mono8 Image of train ids, same header stamps as the images
-    gt_dir: Path | None = None  # or <stamp_ns>.png train-id files
+    gt_topic: str = ""  # mono8 Image of the model's class ids, same header stamps as the images
+    gt_dir: Path | None = None  # or <stamp_ns>.png files of them
     model: str = ""
     backend: str = "auto"
     threads: int = 0
@@ -68,7 +70,7 @@ class BagEvalConfig:
 
 @dataclass
 class BagEvalResult:
-    stats: EvalStats
+    stats: EvalStats | ClassStats
     tracer: Tracer
     num_frames: int  # images run through the pipeline
     unmatched_frames: int  # images without ground truth within the tolerance
@@ -216,7 +218,6 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
             backend = open_backend(config.model, config.backend, **({"threads": config.threads} if config.threads
                                                                     else {}))
         try:
-            require_cityscapes_classes(backend.info)
             projector, fused_lut = (_projector(config, backend.info.class_names)
                                     if (config.write_bag or topdown_topic) and info_topic else (None, None))
             tracer = Tracer(capacity=n_frames)
@@ -313,7 +314,7 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
     projector = scoring.projector if scoring is not None else pipeline.projector
     request = OutputRequest(mask=True, color=outputs is not None, costmaps=pipeline.projector is not None)
     tolerance_ns = int(config.stamp_tolerance_ms * 1e6)
-    stats = EvalStats()
+    stats = stats_for(pipeline.info.class_names)
     gts: dict[int, np.ndarray] = {}  # ground truth that arrived before its image
     waiting: dict[int, np.ndarray] = {}  # predictions whose ground truth has not arrived yet
     matched: set[int] = set()
@@ -323,7 +324,10 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
         if gt.shape != pred.shape:
             raise EvalError(f"ground truth at stamp {gt_ns} is {gt.shape[1]}x{gt.shape[0]} but the image is "
                             f"{pred.shape[1]}x{pred.shape[0]}")
-        accumulate(stats, gt, pred, "trainIds", "trainIds")
+        try:
+            stats.add(gt, pred)
+        except ValueError as exc:
+            raise EvalError(f"ground truth at stamp {gt_ns}: {exc}") from None
 
     def set_intrinsics(msg) -> None:
         k, hw = np.asarray(msg.k).reshape(3, 3), (msg.height, msg.width)

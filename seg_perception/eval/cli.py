@@ -1,4 +1,4 @@
-"""`seg-perception eval cityscapes|bag|bags`: score a model (or prediction PNGs) and write report.json, report.md
+"""`seg-perception eval cityscapes|folder|bag|bags`: score a model (or prediction PNGs) and write report.json, report.md
 and report_confusion.png. Bad input exits non-zero with the problem on stderr and writes no report."""
 
 from __future__ import annotations
@@ -51,15 +51,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--predictions", type=Path, help="folder of label PNGs <city>_<seq>_<frame>*.png")
     cs.add_argument("--pred-format", default="labelIds", choices=ID_FORMATS,
                     help="ids in the --predictions PNGs (the official format is labelIds)")
-    cs.add_argument("--mode", default="whole", choices=MODES,
-                    help="whole: image resized to the model input, as seg_node runs; slide: model-size windows "
-                         "over the full-resolution image")
-    cs.add_argument("--scales", type=_scales, default=(1.0,), help="multi-scale TTA, e.g. 0.75,1.0,1.25")
-    cs.add_argument("--flip", action="store_true", help="horizontal-flip TTA")
-    cs.add_argument("--stride", type=parse_hw, help="slide step HxW (default 2/3 of the model input)")
-    cs.add_argument("--workers", type=int, default=1, help="worker processes")
+    _inference_arguments(cs)
     cs.add_argument("--no-instances", action="store_true", help="skip iIoU even where instanceIds exist")
     _model_arguments(cs, "inference threads per process (0 = backend default; 1 when --workers > 1)")
+
+    folder = sub.add_parser("folder", help="a folder of images and one of label PNGs in the model's own classes",
+                            description="Score a model on <labels>/<key><label suffix> against <images>/<key><image "
+                                        "suffix> (keys: paths below each folder), label values being the model "
+                                        "card's class ids (255 = ignore), as mmsegmentation's custom datasets. "
+                                        "Reports per-class IoU under the card's class names.")
+    folder.add_argument("--images", required=True, type=Path, help="folder of camera images")
+    folder.add_argument("--labels", required=True, type=Path, help="folder of single-channel label PNGs")
+    folder.add_argument("--model", required=True, help="ONNX file, TensorRT engine, or zoo name[:checkpoint]")
+    folder.add_argument("--image-suffix", default="",
+                        help="what follows the key in an image's name (default: .png, .jpg or .jpeg)")
+    folder.add_argument("--label-suffix", default=".png", help="what follows the key in a label's name")
+    folder.add_argument("--reduce-zero-label", action="store_true",
+                        help="label 0 is 'ignore' and the others are one above the class id (ADE20K's annotations)")
+    _inference_arguments(folder)
+    _model_arguments(folder, "inference threads per process (0 = backend default; 1 when --workers > 1)")
 
     bag = sub.add_parser("bag", help="a rosbag2 (sqlite3 or mcap) with images and ground truth",
                          description="Run seg_node's pipeline on every frame of a bag and score the frames whose "
@@ -90,12 +100,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "reserves for a task", out_help="new or empty folder for the reports (DIR)", overwrite=False)
 
 
+def _inference_arguments(p: argparse.ArgumentParser) -> None:
+    """How images are run through the model, and by how many processes (cityscapes and folder)."""
+    p.add_argument("--mode", default="whole", choices=MODES,
+                   help="whole: image resized to the model input, as seg_node runs; slide: model-size windows "
+                        "over the full-resolution image")
+    p.add_argument("--scales", type=_scales, default=(1.0,), help="multi-scale TTA, e.g. 0.75,1.0,1.25")
+    p.add_argument("--flip", action="store_true", help="horizontal-flip TTA")
+    p.add_argument("--stride", type=parse_hw, help="slide step HxW (default 2/3 of the model input)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+
+
 def _bag_arguments(p: argparse.ArgumentParser) -> None:
     """What `eval bag` and `eval bags` share: topics, ground truth, model, stamp matching, costmaps."""
     p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     gt = p.add_mutually_exclusive_group(required=True)
-    gt.add_argument("--gt-topic", help="mono8 Image topic of train ids (255 = ignore)")
-    gt.add_argument("--gt-dir", type=Path, help="folder of <stamp_ns>.png train-id images")
+    gt.add_argument("--gt-topic", help="mono8 Image topic of the model's class ids (255 = ignore)")
+    gt.add_argument("--gt-dir", type=Path, help="folder of <stamp_ns>.png images of the model's class ids")
     p.add_argument("--model", default="", help="ONNX file, TensorRT engine or zoo name (default: embedded model)")
     p.add_argument("--stamp-tolerance-ms", type=float, default=1.0,
                    help="largest image/ground-truth header stamp difference that still matches")
@@ -116,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dataset == "bags":
             return _bags(args)  # --out is a folder, new or empty: _bags checks it
         claim(report_paths(args.out) + ([args.trace] if getattr(args, "trace", None) else []), args.overwrite)
-        return _cityscapes(args) if args.dataset == "cityscapes" else _bag(args)
+        return {"cityscapes": _cityscapes, "folder": _folder, "bag": _bag}[args.dataset](args)
     except (EvalError, BackendError, ImageDecodeError, ValueError, OSError) as exc:
         print(f"seg-perception eval {args.dataset}: error: {exc}", file=sys.stderr)
         return 2
@@ -126,27 +147,29 @@ def _progress(args: argparse.Namespace, total: int, unit: str):
     return progress_bar(total, unit, quiet=args.quiet)
 
 
-def _cityscapes(args: argparse.Namespace) -> int:
-    from seg_perception.eval.cityscapes import CityscapesJob, evaluate, find_samples, match_predictions
-    from seg_perception.eval.report import build_report, model_identity, write_report
-
+def _job_options(args: argparse.Namespace) -> dict:
+    """The ImageJob fields the cityscapes and folder commands share."""
     if args.workers < 1:
         raise EvalError("--workers must be >= 1")
-    samples = find_samples(args.root, args.split, need_images=args.predictions is None)
-    preds = match_predictions(args.predictions, samples) if args.predictions is not None else None
-    inference = InferenceConfig(args.mode, args.scales, args.flip, args.stride)
     threads = args.threads or (1 if args.workers > 1 else 0)
-    job = CityscapesJob(samples, preds, args.pred_format, args.model or "", args.backend, threads, inference,
-                        instances=not args.no_instances)
+    return {"model": args.model or "", "backend": args.backend, "threads": threads,
+            "inference": InferenceConfig(args.mode, args.scales, args.flip, args.stride)}
+
+
+def _run_images(args: argparse.Namespace, job, source: dict):
+    """Check the job's model (opened once here, so a bad one fails before workers start), run the job with a
+    progress bar; returns build_report's first four arguments: stats, durations, `source` and `model` blocks."""
+    from seg_perception.eval.image_eval import evaluate
+    from seg_perception.eval.report import model_identity
+
     model = None
-    if preds is None:  # open once here, so a bad model fails before workers start
+    if job.predictions is None:
         from seg_perception.backends import open_backend
 
-        with open_backend(args.model, args.backend, **({"threads": threads} if threads else {})) as backend:
-            model = model_identity(args.model, backend.info)
-            inference.check(backend.info)
-
-    bar = _progress(args, len(samples), "img")
+        with open_backend(job.model, job.backend, **({"threads": job.threads} if job.threads else {})) as backend:
+            model = model_identity(job.model, backend.info)
+            job.check_model(backend.info)
+    bar = _progress(args, len(job.samples), "img")
 
     def progress(results, _total):
         for result in results:
@@ -155,21 +178,50 @@ def _cityscapes(args: argparse.Namespace) -> int:
 
     with bar:
         stats, durations = evaluate(job, args.workers, progress)
-    if preds is not None and (mismatch := pred_format_mismatch(stats, args.pred_format)):
-        raise EvalError(f"predictions in '{args.predictions}' scored as --pred-format {args.pred_format}: {mismatch}")
-    source = {"dataset": "cityscapes", "root": str(args.root), "split": args.split,
-              "predictions": str(args.predictions) if preds is not None else None,
-              "pred_format": args.pred_format if preds is not None else "trainIds",
-              "mode": args.mode, "scales": list(args.scales), "flip": args.flip, "workers": args.workers}
-    report, scored = build_report(stats, durations, source, model)
+    source.update(mode=args.mode, scales=list(args.scales), flip=args.flip, workers=args.workers)
+    return stats, durations, source, model
+
+
+def _write(report_args, args: argparse.Namespace) -> int:
+    from seg_perception.eval.report import build_report, write_report
+
+    report, scored = build_report(*report_args)
     paths = write_report(report, scored, args.out)
     _print_summary(report, paths)
     return 0
 
 
+def _cityscapes(args: argparse.Namespace) -> int:
+    from seg_perception.eval.cityscapes import CityscapesJob, find_samples, match_predictions
+
+    options = _job_options(args)
+    samples = find_samples(args.root, args.split, need_images=args.predictions is None)
+    preds = match_predictions(args.predictions, samples) if args.predictions is not None else None
+    job = CityscapesJob(samples, preds, args.pred_format, instances=not args.no_instances, **options)
+    source = {"dataset": "cityscapes", "root": str(args.root), "split": args.split,
+              "predictions": str(args.predictions) if preds is not None else None,
+              "pred_format": args.pred_format if preds is not None else "trainIds"}
+    stats, durations, source, model = _run_images(args, job, source)
+    if preds is not None and (mismatch := pred_format_mismatch(stats, args.pred_format)):
+        raise EvalError(f"predictions in '{args.predictions}' scored as --pred-format {args.pred_format}: {mismatch}")
+    return _write((stats, durations, source, model), args)
+
+
+def _folder(args: argparse.Namespace) -> int:
+    from seg_perception.eval.folder import FolderJob, find_samples
+
+    options = _job_options(args)
+    samples = find_samples(args.images, args.labels, args.image_suffix, args.label_suffix)
+    job = FolderJob(samples, reduce_zero_label=args.reduce_zero_label, **options)
+    source = {"dataset": "folder", "images": str(args.images), "labels": str(args.labels),
+              "image_suffix": args.image_suffix, "label_suffix": args.label_suffix,
+              "reduce_zero_label": args.reduce_zero_label}
+    return _write(_run_images(args, job, source), args)
+
+
 def _bag(args: argparse.Namespace) -> int:
     from seg_perception.eval.bag_eval import BagEvalConfig, evaluate_bag, report_source
-    from seg_perception.eval.report import build_report, model_identity, write_report
+    from seg_perception.eval.report import model_identity
 
     config = BagEvalConfig(args.bag, args.image_topic, args.gt_topic or "", args.gt_dir, args.model, args.backend,
                            args.threads, args.stamp_tolerance_ms, args.camera_info_topic, args.write_bag,
@@ -192,11 +244,8 @@ def _bag(args: argparse.Namespace) -> int:
         write_trace(result.tracer, args.trace, title=f"eval bag {args.bag}, model {result.model_info.name}")
     source = report_source(config, result.num_frames, result.unmatched_frames, result.unmatched_gt)
     extra = {"costmap_iou": result.costmap_iou.report()} if result.costmap_iou is not None else None
-    report, scored = build_report(result.stats, result.tracer.durations_ms(), source,
-                                  model_identity(args.model, result.model_info), extra)
-    paths = write_report(report, scored, args.out)
-    _print_summary(report, paths)
-    return 0
+    return _write((result.stats, result.tracer.durations_ms(), source, model_identity(args.model, result.model_info),
+                   extra), args)
 
 
 def _bags(args: argparse.Namespace) -> int:

@@ -24,8 +24,9 @@ from seg_perception.bags import IMAGE, IMAGE_TYPES, BagReader, gt_dir_index
 from seg_perception.core.trace import STAGES
 from seg_perception.eval import EvalError
 from seg_perception.eval.bag_eval import BagEvalConfig, evaluate_bag, no_match_error, report_source
+from seg_perception.eval.class_metrics import stats_for
 from seg_perception.eval.costmap_metrics import CostmapIoU
-from seg_perception.eval.metrics import EvalStats, Scores
+from seg_perception.eval.metrics import Scores
 from seg_perception.eval.report import build_report, model_identity, write_report
 
 BAG_FILE_SUFFIXES = (".mcap", ".db3")  # a storage file outside a rosbag2 folder is a bag of its own
@@ -113,7 +114,7 @@ class TaskResult:
     """What one task sends back: sums and samples, no images."""
 
     task: FleetTask
-    stats: EvalStats | None = None
+    stats: object = None  # eval.metrics.EvalStats or eval.class_metrics.ClassStats
     durations_ms: np.ndarray = field(default_factory=lambda: _NO_DURATIONS)  # [frames, stages + 1]
     frames: int = 0
     unmatched_frames: int = 0
@@ -134,8 +135,9 @@ def run_task(config: BagEvalConfig, task: FleetTask, backend: Backend) -> TaskRe
                       r.costmap_iou, time.perf_counter() - t0)
 
 
-def _merged(total: CostmapIoU | None, more: CostmapIoU | None) -> CostmapIoU | None:
-    """total plus more, where either may be None; total is a copy, never one of the results it adds."""
+def _merged(total, more):
+    """total plus more (statistics with `merge`), where either may be None; total is a copy, never one of the
+    results it adds."""
     if more is None:
         return total
     return copy.deepcopy(more) if total is None else total.merge(more)
@@ -146,7 +148,7 @@ class BagSummary:
     """A bag's task results added up."""
 
     plan: BagPlan
-    stats: EvalStats = field(default_factory=EvalStats)
+    stats: object = None  # the task results' statistics added up
     durations: list[np.ndarray] = field(default_factory=list)
     frames: int = 0
     unmatched_frames: int = 0
@@ -166,7 +168,7 @@ class BagSummary:
         if result.error is not None:
             self.error = self.error or result.error  # one failed slice fails the bag: no partial numbers
             return
-        self.stats.merge(result.stats)
+        self.stats = _merged(self.stats, result.stats)
         self.durations.append(result.durations_ms)
         self.frames += result.frames
         self.unmatched_frames += result.unmatched_frames
@@ -175,7 +177,7 @@ class BagSummary:
 
     def finish(self, config: BagEvalConfig) -> None:
         """After the last task: a bag whose slices scored nothing fails as `eval bag` fails it."""
-        if self.error is None and self.stats.num_images == 0:
+        if self.error is None and (self.stats is None or self.stats.num_images == 0):
             self.error = str(no_match_error(config, self.frames, self.plan.gt_count))
 
 
@@ -185,6 +187,7 @@ class FleetResult:
     bags: list[BagSummary]
     model: dict  # report.model_identity
     runner: str
+    class_names: tuple[str, ...]  # the model's
 
 
 def evaluate_fleet(config: BagEvalConfig, plans: list[BagPlan], workers: int = 0, ray_address: str = "",
@@ -196,7 +199,7 @@ def evaluate_fleet(config: BagEvalConfig, plans: list[BagPlan], workers: int = 0
     # A model that does not load stops the run here, before any task starts.
     backend = open_backend(config.model, config.backend, **({"threads": config.threads} if config.threads else {}))
     try:
-        model = model_identity(config.model, backend.info)
+        model, class_names = model_identity(config.model, backend.info), backend.info.class_names
         if workers or ray_address:
             try:
                 from seg_perception.eval import fleet_ray
@@ -220,7 +223,7 @@ def evaluate_fleet(config: BagEvalConfig, plans: list[BagPlan], workers: int = 0
         backend.close()
     for summary in summaries:
         summary.finish(config)
-    return FleetResult(config, summaries, model, runner)
+    return FleetResult(config, summaries, model, runner, class_names)
 
 
 # --- reports -----------------------------------------------------------------------------------------------
@@ -246,14 +249,14 @@ def fleet_reports(result: FleetResult) -> tuple[tuple[dict, Scores], dict[str, t
     """The fleet report (totals over the bags that were scored, a row per bag, worst first) and, by file name,
     each scored bag's own report."""
     names = report_names([s.plan.path for s in result.bags])
-    per_bag, rows, total, costmap_iou = {}, [], EvalStats(), None
+    per_bag, rows, total, costmap_iou = {}, [], None, None
     for name, s in zip(names, result.bags):
         row = {"bag": str(s.plan.path), "error": s.error, "frames": s.frames, "tasks": len(s.plan.tasks),
                "task_seconds": s.seconds}
         if s.error is None:
             per_bag[name] = _bag_report(result, s)
             report = per_bag[name][0]
-            total.merge(s.stats)
+            total = _merged(total, s.stats)
             costmap_iou = _merged(costmap_iou, s.costmap_iou)
             row.update(report=f"bags/{name}.json", miou=report["miou"], pixel_accuracy=report["pixel_accuracy"],
                        num_images=report["num_images"], **{k: report["source"][k]
@@ -268,6 +271,7 @@ def fleet_reports(result: FleetResult) -> tuple[tuple[dict, Scores], dict[str, t
               "num_frames": sum(s.frames for s in ok), "tasks": sum(len(s.plan.tasks) for s in result.bags),
               "runner": result.runner}
     extra = {"bags": rows, **(_costmap_extra(costmap_iou) or {})}
+    total = total if total is not None else stats_for(result.class_names)
     return build_report(total, durations, source, result.model, extra), per_bag
 
 

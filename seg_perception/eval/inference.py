@@ -2,8 +2,9 @@
 window, and flip / multi-scale test-time augmentation. Every forward pass goes through `SegPipeline.process`.
 
 Augmented modes average softmax probabilities (mmsegmentation's TTA convention) and need the model's logits
-output (`seg-perception export --logits`). Windows smaller than the model input are padded with the mean
-colour, which the graph's normalisation turns into zeros, as mmsegmentation pads normalised images.
+output (`seg-perception export --logits`, or `wrap --logits` for a third-party graph). Windows smaller than the
+model input are padded with the mean colour, which the graph's normalisation turns into zeros, as mmsegmentation
+pads normalised images.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
-from seg_perception.eval import EvalError, require_cityscapes_classes
+from seg_perception.eval import EvalError
 
 MODES = ("whole", "slide")
 _MASK_ONLY = OutputRequest(mask=True)
@@ -45,14 +46,14 @@ class InferenceConfig:
 
     def check(self, info) -> None:
         """Raise EvalError when the model (ModelInfo) cannot run this configuration."""
-        require_cityscapes_classes(info)
         if self.needs_logits and not info.has_logits:
             raise EvalError(f"model '{info.name}' has no logits output, which {self.mode} inference with scales "
-                            f"{list(self.scales)} and flip={self.flip} needs: export it with --logits")
+                            f"{list(self.scales)} and flip={self.flip} needs: export it with --logits "
+                            "(a third-party graph: wrap it with --logits)")
 
 
 class Predictor:
-    """Train-id label map [H, W] at the input image's size; one traced pipeline frame per forward pass."""
+    """Class-id label map [H, W] at the input image's size; one traced pipeline frame per forward pass."""
 
     def __init__(self, pipeline: SegPipeline, config: InferenceConfig) -> None:
         self.pipeline = pipeline

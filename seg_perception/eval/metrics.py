@@ -129,6 +129,15 @@ class EvalStats:
         self.num_instance_images += other.num_instance_images
         return self
 
+    class_names = CITYSCAPES_CLASSES
+
+    def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        """One image of train ids (255: ignored), as bags and the demo hold them."""
+        accumulate(self, gt, pred, "trainIds", "trainIds")
+
+    def scores(self) -> "Scores":
+        return scores(self)
+
 
 def _histogram(values: np.ndarray, bins: int) -> np.ndarray:
     """Counts of the values 0..bins-1 of a uint8/uint16 image, as float64 (exact integers)."""
@@ -137,23 +146,32 @@ def _histogram(values: np.ndarray, bins: int) -> np.ndarray:
     return np.bincount(values.ravel(), minlength=bins)[:bins].astype(np.float64)
 
 
-def accumulate(stats: EvalStats, gt: np.ndarray, pred: np.ndarray, gt_format: str = "labelIds",
-               pred_format: str = "trainIds", instance_ids: np.ndarray | None = None) -> None:
-    """Add one image. gt, pred: uint8 [H, W] in `gt_format` / `pred_format` ids; instance_ids: Cityscapes
-    instanceIds [H, W] (label_id * 1000 + k) for iIoU, or None."""
+def pair_counts(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """float64 [256 * 256] counts of the (gt, pred) value pairs of two uint8 images, gt-major (exact integers)."""
+    if gt.size < _EXACT_FLOAT32:
+        return cv2.calcHist([gt, pred], [0, 1], None, [256, 256], [0, 256, 0, 256]).ravel().astype(np.float64)
+    pair = gt.astype(np.uint16)
+    pair <<= _PAIR_BITS
+    pair |= pred
+    return _histogram(pair, 1 << (2 * _PAIR_BITS))
+
+
+def check_pair(gt: np.ndarray, pred: np.ndarray) -> None:
+    """Raise ValueError unless gt and pred are uint8 images of one size."""
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth is {gt.shape[1]}x{gt.shape[0]} but prediction is "
                          f"{pred.shape[1]}x{pred.shape[0]}")
     if gt.dtype != np.uint8 or pred.dtype != np.uint8:
         raise ValueError(f"ids must be uint8, got ground truth {gt.dtype} and prediction {pred.dtype}")
+
+
+def accumulate(stats: EvalStats, gt: np.ndarray, pred: np.ndarray, gt_format: str = "labelIds",
+               pred_format: str = "trainIds", instance_ids: np.ndarray | None = None) -> None:
+    """Add one image. gt, pred: uint8 [H, W] in `gt_format` / `pred_format` ids; instance_ids: Cityscapes
+    instanceIds [H, W] (label_id * 1000 + k) for iIoU, or None."""
+    check_pair(gt, pred)
     # One 256 x 256 histogram of the raw (gt, pred) pairs, folded into the matrix through a table of cells.
-    if gt.size < _EXACT_FLOAT32:
-        counts = cv2.calcHist([gt, pred], [0, 1], None, [256, 256], [0, 256, 0, 256]).ravel().astype(np.float64)
-    else:
-        pair = gt.astype(np.uint16)
-        pair <<= _PAIR_BITS
-        pair |= pred
-        counts = _histogram(pair, 1 << (2 * _PAIR_BITS))
+    counts = pair_counts(gt, pred)
     nonzero = np.flatnonzero(counts)
     np.add.at(stats.matrix.reshape(-1), _PAIR_CELLS[gt_format, pred_format][nonzero],
               counts[nonzero].astype(np.int64))
@@ -227,8 +245,10 @@ def _accumulate_instances(stats: EvalStats, instance_ids: np.ndarray, pred: np.n
 # --- scores -----------------------------------------------------------------------------------------------
 @dataclass
 class Scores:
-    """Fractions 0..1; None where the official evaluator gives NaN (nothing to score)."""
+    """Fractions 0..1; None where the official evaluator gives NaN (nothing to score). Category and instance scores
+    exist for Cityscapes' classes only (empty / None for other class sets, eval.class_metrics)."""
 
+    class_names: tuple[str, ...]
     per_class_iou: dict[str, float | None]
     miou: float | None
     category_iou: dict[str, float | None]
@@ -238,15 +258,15 @@ class Scores:
     iiou: float | None
     category_iiou: dict[str, float | None]
     mean_category_iiou: float | None
-    confusion_matrix: np.ndarray  # int64 [19, 19] gt train id x predicted train id
-    ignored_predictions: np.ndarray  # int64 [19]: pixels of each class predicted as a label that is not scored
+    confusion_matrix: np.ndarray  # int64 [K, K] gt class x predicted class
+    ignored_predictions: np.ndarray  # int64 [K]: pixels of each class predicted as a label that is not scored
 
 
-def _ratio(num: float, den: float) -> float | None:
+def ratio(num: float, den: float) -> float | None:
     return None if den == 0 else float(num) / den
 
 
-def _mean(values) -> float | None:
+def mean_scored(values) -> float | None:
     valid = [v for v in values if v is not None]
     return math.fsum(valid) / len(valid) if valid else None
 
@@ -258,7 +278,7 @@ def scores(stats: EvalStats) -> Scores:
     tp = m[np.arange(NUM_CLASSES), TRAIN_TO_LABEL]
     fp = col_sums[TRAIN_TO_LABEL] - tp
     fn = row_sums - tp
-    per_class = {name: _ratio(tp[t], tp[t] + fp[t] + fn[t]) for t, name in enumerate(CITYSCAPES_CLASSES)}
+    per_class = {name: ratio(tp[t], tp[t] + fp[t] + fn[t]) for t, name in enumerate(CITYSCAPES_CLASSES)}
 
     category, category_inst = {}, {}
     for c in CATEGORIES:
@@ -268,24 +288,24 @@ def scores(stats: EvalStats) -> Scores:
         c_tp = m[np.ix_(rows, cols)].sum()
         c_fn = m[rows].sum() - c_tp
         c_fp = m[np.ix_(others, cols)].sum()
-        category[c] = _ratio(c_tp, c_tp + c_fp + c_fn)
+        category[c] = ratio(c_tp, c_tp + c_fp + c_fn)
     for k, c in enumerate(INSTANCE_CATEGORIES):
         rows = _CATEGORY_ROWS[c]
         others = [t for t in range(NUM_CLASSES) if t not in rows]
         c_fp = m[np.ix_(others, _INSTANCE_CATEGORY_COLS[c])].sum()
-        category_inst[c] = _ratio(stats.cat_inst_tp[k], stats.cat_inst_tp[k] + c_fp + stats.cat_inst_fn[k])
+        category_inst[c] = ratio(stats.cat_inst_tp[k], stats.cat_inst_tp[k] + c_fp + stats.cat_inst_fn[k])
 
-    per_class_inst = {CITYSCAPES_CLASSES[t]: _ratio(stats.inst_tp[t], stats.inst_tp[t] + fp[t] + stats.inst_fn[t])
+    per_class_inst = {CITYSCAPES_CLASSES[t]: ratio(stats.inst_tp[t], stats.inst_tp[t] + fp[t] + stats.inst_fn[t])
                       for t in INSTANCE_CLASSES}
     if not stats.num_instance_images:
         per_class_inst = {name: None for name in per_class_inst}
         category_inst = {name: None for name in category_inst}
     confusion = m[:, TRAIN_TO_LABEL]
     return Scores(
-        per_class_iou=per_class, miou=_mean(per_class.values()),
-        category_iou=category, mean_category_iou=_mean(category.values()),
-        pixel_accuracy=_ratio(tp.sum(), m.sum()),
-        per_class_iiou=per_class_inst, iiou=_mean(per_class_inst.values()),
-        category_iiou=category_inst, mean_category_iiou=_mean(category_inst.values()),
+        class_names=CITYSCAPES_CLASSES, per_class_iou=per_class, miou=mean_scored(per_class.values()),
+        category_iou=category, mean_category_iou=mean_scored(category.values()),
+        pixel_accuracy=ratio(tp.sum(), m.sum()),
+        per_class_iiou=per_class_inst, iiou=mean_scored(per_class_inst.values()),
+        category_iiou=category_inst, mean_category_iiou=mean_scored(category_inst.values()),
         confusion_matrix=confusion, ignored_predictions=row_sums - confusion.sum(axis=1),
     )

@@ -13,7 +13,7 @@ import numpy as np
 
 from seg_perception.core.trace import END_TO_END, STAGES
 from seg_perception.eval import EvalError
-from seg_perception.eval.metrics import CITYSCAPES_CLASSES, EvalStats, Scores, scores
+from seg_perception.eval.metrics import Scores
 from seg_perception.output_files import replace_file
 
 _PERCENTILES = (50, 90, 99)
@@ -53,9 +53,10 @@ def model_identity(model: str, info) -> dict:
             "has_logits": info.has_logits, "sha256": sha256_file(path) if path and Path(path).is_file() else None}
 
 
-def build_report(stats: EvalStats, durations_ms: np.ndarray, source: dict, model: dict | None,
+def build_report(stats, durations_ms: np.ndarray, source: dict, model: dict | None,
                  extra: dict | None = None) -> tuple[dict, Scores]:
-    s = scores(stats)
+    """stats: eval.metrics.EvalStats (Cityscapes) or eval.class_metrics.ClassStats (the model's own classes)."""
+    s = stats.scores()
     if s.miou is None:
         raise EvalError(f"the ground truth of the {stats.num_images} scored images has no evaluated pixel (all "
                         f"ignore/void): nothing to score")
@@ -71,10 +72,10 @@ def build_report(stats: EvalStats, durations_ms: np.ndarray, source: dict, model
         "mean_category_iiou": s.mean_category_iiou,
         "num_images": stats.num_images,
         "num_instance_images": stats.num_instance_images,
-        "classes": list(CITYSCAPES_CLASSES),
-        # rows: ground-truth train id, columns: predicted train id
+        "classes": list(s.class_names),
+        # rows: ground-truth class id, columns: predicted class id
         "confusion_matrix": s.confusion_matrix.tolist(),
-        # per ground-truth class: pixels predicted as a label that is not one of the 19 classes
+        # per ground-truth class: pixels predicted as a label that is not one of the classes
         "ignored_predictions": s.ignored_predictions.tolist(),
         "latency_ms": latency_percentiles(durations_ms),
         "model": model,
@@ -97,7 +98,8 @@ def write_report(report: dict, scored: Scores, out: str | os.PathLike, confusion
     paths = report_paths(out)
     replace_file(paths[1], lambda tmp: tmp.write_text(markdown(report) + more_markdown))
     if confusion_png:
-        replace_file(paths[2], lambda tmp: write_confusion_png(scored.confusion_matrix, tmp, title=_title(report)))
+        replace_file(paths[2], lambda tmp: write_confusion_png(scored.confusion_matrix, scored.class_names, tmp,
+                                                               title=_title(report)))
     else:
         paths.pop(2)
     replace_file(paths[0], lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
@@ -116,15 +118,20 @@ def _title(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     lines = [f"# {_title(report)}", "", f"Source: `{json.dumps(report['source'])}`", ""]
-    lines += ["| metric | value (%) |", "|---|---:|"]
-    for key in ("miou", "mean_category_iou", "pixel_accuracy", "iiou", "mean_category_iiou"):
-        lines.append(f"| {key} | {_pct(report[key])} |")
-    lines += ["", "| class | IoU (%) | iIoU (%) |", "|---|---:|---:|"]
+    cityscapes = bool(report["category_iou"])  # categories and iIoU exist for Cityscapes' classes only
+    keys = ("miou", "mean_category_iou", "pixel_accuracy", "iiou", "mean_category_iiou") if cityscapes else \
+        ("miou", "pixel_accuracy")
+    lines += ["| metric | value (%) |", "|---|---:|"] + [f"| {key} | {_pct(report[key])} |" for key in keys]
     iiou = report["per_class_iiou"]  # instance classes only
-    for name, iou in report["per_class_iou"].items():
-        lines.append(f"| {name} | {_pct(iou)} | {_pct(iiou[name]) if name in iiou else ''} |")
-    lines += ["", "| category | IoU (%) |", "|---|---:|"]
-    lines += [f"| {name} | {_pct(v)} |" for name, v in report["category_iou"].items()]
+    if cityscapes:
+        lines += ["", "| class | IoU (%) | iIoU (%) |", "|---|---:|---:|"]
+        lines += [f"| {name} | {_pct(iou)} | {_pct(iiou[name]) if name in iiou else ''} |"
+                  for name, iou in report["per_class_iou"].items()]
+        lines += ["", "| category | IoU (%) |", "|---|---:|"]
+        lines += [f"| {name} | {_pct(v)} |" for name, v in report["category_iou"].items()]
+    else:
+        lines += ["", "| class | IoU (%) |", "|---|---:|"]
+        lines += [f"| {name} | {_pct(iou)} |" for name, iou in report["per_class_iou"].items()]
     if report.get("costmap_iou"):
         from seg_perception.eval.costmap_metrics import markdown_rows
 
@@ -136,8 +143,9 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_confusion_png(confusion: np.ndarray, path: str | os.PathLike, title: str = "") -> None:
-    """Row-normalised (recall) confusion matrix with class names."""
+def write_confusion_png(confusion: np.ndarray, class_names, path: str | os.PathLike, title: str = "") -> None:
+    """Row-normalised (recall) confusion matrix with class names; the figure grows with the class count (ADE20K's
+    150 stay legible), and cells carry their percentage up to 40 classes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,16 +153,19 @@ def write_confusion_png(confusion: np.ndarray, path: str | os.PathLike, title: s
 
     rows = confusion.sum(axis=1, keepdims=True)
     norm = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
-    n = len(CITYSCAPES_CLASSES)
-    fig, ax = plt.subplots(figsize=(9, 8), layout="constrained")
+    n = len(class_names)
+    side = max(8.0, 0.16 * n)
+    font = 8 if n <= 40 else 5
+    fig, ax = plt.subplots(figsize=(side + 1, side), layout="constrained")
     im = ax.imshow(norm, cmap="viridis", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(n), CITYSCAPES_CLASSES, rotation=90, fontsize=8)
-    ax.set_yticks(range(n), CITYSCAPES_CLASSES, fontsize=8)
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), class_names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
-    for i, j in zip(*np.nonzero(norm >= 0.01)):
-        ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                color="black" if norm[i, j] > 0.5 else "white")
+    if n <= 40:
+        for i, j in zip(*np.nonzero(norm >= 0.01)):
+            ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                    color="black" if norm[i, j] > 0.5 else "white")
     ax.set_title("confusion matrix, rows normalised" + (f": {title}" if title else ""), fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of ground-truth pixels")
     fig.savefig(path, dpi=100)
