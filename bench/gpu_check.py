@@ -139,17 +139,15 @@ def run_config(torch, cpu_model, info, device, precision: str, graphs: bool, fra
 
 def check_model(torch, spec: str, size: tuple[int, int], device, args, peak: dict) -> dict:
     """Every configuration of one model at one size; leaves the CPU model and labels for the ONNX phase."""
-    from seg_perception.backends.deploy_model import model_info_for
+    from seg_perception.backends.deploy_model import build_for_classes, model_info_for
     from seg_perception.backends.torch_backend import parse_spec
-    from seg_perception.models.checkpoint import load_checkpoint
-    from seg_perception.models.registry import build_model, get_variant
+    from seg_perception.models.registry import get_variant
 
     name, checkpoint = parse_spec(spec)
     torch.manual_seed(args.seed)
-    model = build_model(name).eval()
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    info = model_info_for(name, size, with_logits=True)
+    model, classes, _ = build_for_classes(name, checkpoint=checkpoint)  # as the torch backend and export build it
+    model.eval()
+    info = model_info_for(name, size, classes, with_logits=True)
     frames = model_frames(*size)
     row = {"model": name, "family": get_variant(name).family, "checkpoint": checkpoint, "size": list(size),
            "runs": {}, "agreement": {}}
@@ -186,13 +184,14 @@ def summary_line(run: dict) -> str:
 
 def onnxruntime_agreement(row: dict, args, tmp: Path) -> None:
     """Export the CPU model, run the agreement frames in ONNX Runtime on the CPU, compare the labels."""
-    from seg_perception.backends.deploy_model import model_info_for
+    from dataclasses import replace
+
     from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
     from seg_perception.deploy.export import export_onnx
 
     model, info, frames, labels = row.pop("_pending")
     t0 = time.perf_counter()
-    path = export_onnx(model, model_info_for(info.name, info.input_size), tmp / f"{info.name}.onnx")
+    path = export_onnx(model, replace(info, has_logits=False), tmp / f"{info.name}.onnx")
     t1 = time.perf_counter()
     ort = OnnxRuntimeBackend(str(path), threads=args.threads or os.cpu_count() or 1, device="cpu")
     ort_labels = [ort.infer(f).labels.copy() for f in frames]
@@ -206,10 +205,10 @@ def onnxruntime_agreement(row: dict, args, tmp: Path) -> None:
 def check_pipeline(torch, device, args) -> dict:
     """seg_node's pipeline end to end on the default model's architecture, the fastest configuration."""
     from seg_perception.backends import DEFAULT_MODEL, BackendError
+    from seg_perception.backends.deploy_model import build_for_classes
     from seg_perception.backends.onnxruntime_backend import read_model_info
     from seg_perception.backends.torch_backend import TorchBackend
     from seg_perception.core.bench import measure
-    from seg_perception.models.registry import build_model
 
     info = read_model_info(DEFAULT_MODEL)
     if args.pipeline_size:
@@ -218,7 +217,7 @@ def check_pipeline(torch, device, args) -> dict:
     camera = (2 * h, 2 * w)
     cuda = device.type == "cuda"
     torch.manual_seed(args.seed)
-    model = build_model(info.name).eval()
+    model = build_for_classes(info.name)[0].eval()
     precision = "fp16" if cuda else "fp32"
     try:
         backend = TorchBackend(model, info, str(device), precision, cuda, args.threads)

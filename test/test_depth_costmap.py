@@ -133,6 +133,22 @@ def test_depth_decoder_and_registration():
         check_registered((480, 640), (480, 848))
 
 
+def test_depth_decoder_refuses_an_image_over_max_pixels_from_its_fields_before_allocating():
+    msgs = pytest.importorskip("sensor_msgs.msg")
+    metres = np.full((30, 40), 2.5, ">f4")  # big-endian: decoding it would fill a new float32 buffer
+    msg = msgs.Image(height=30, width=40, encoding="32FC1", is_bigendian=1, step=160, data=metres.tobytes())
+    fields = (msg.data, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian)
+    np.testing.assert_array_equal(DepthDecoder(max_pixels=1200).decode(*fields), metres)
+    with pytest.raises(DepthError, match=r"^40x30 depth image is 1200 pixels, more than max_input_pixels 1000$"):
+        DepthDecoder(max_pixels=1000).decode(*fields)
+    # A message claiming 10^10 pixels with 16 bytes of data: refused by its fields, as a colour frame is, before its
+    # bytes are looked at (the data-size check would speak first otherwise).
+    huge = msgs.Image(height=100_000, width=100_000, encoding="32FC1", is_bigendian=1, step=400_000,
+                      data=b"\0" * 16)
+    with pytest.raises(DepthError, match="100000x100000 depth image is 10000000000 pixels, more than max_input_pixels"):
+        DepthDecoder().decode(huge.data, huge.encoding, huge.height, huge.width, huge.step, huge.is_bigendian)
+
+
 def test_labelled_points_in_the_optical_frame(frame):
     proj = projector()
     confidence = np.full((H, W), 200, np.uint8)

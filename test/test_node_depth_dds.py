@@ -1,7 +1,8 @@
 """seg_node with a depth topic, as a real process on a real DDS domain: costmaps built from a synthetic frame's exact
 depth mark a car and a person only at their true footprints, the labelled point cloud carries x, y, z, label and
-confidence, a half-size depth image is scaled, and bad depth (wrong encoding, size, stamp, all zeros) leaves the
-depth layers unknown for that frame while masks keep coming, counted in /diagnostics with the reason."""
+confidence, a half-size depth image is scaled, and bad depth (wrong encoding, size, stamp, over max_input_pixels, all
+zeros) leaves the depth layers unknown for that frame while masks keep coming, counted in /diagnostics with the
+reason."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def test_depth_costmaps_points_and_bad_depth(scene, peer, start_node):
                            camera_info_topic="/camera/camera_info", depth_topic="/camera/depth",
                            camera_height=CAMERA_HEIGHT_M, camera_pitch=0.0, costmap_resolution=GRID.resolution,
                            costmap_size_x=GRID.size_x, costmap_size_y=GRID.size_y, costmap_origin_y=GRID.origin_y,
-                           costmap_classes=["car", "person"], points_stride=2))
+                           costmap_classes=["car", "person"], points_stride=2, max_input_pixels=2 * H * W))
     topics = {"/semantic_mask": Image, "/semantic_costmap": OccupancyGrid, "/semantic_costmap/car": OccupancyGrid,
               "/semantic_costmap/person": OccupancyGrid, "/semantic_points": PointCloud2,
               "/diagnostics": DiagnosticArray}
@@ -109,6 +110,7 @@ def test_depth_costmaps_points_and_bad_depth(scene, peer, start_node):
     # Bad depth: the mask still comes, the depth layers are unknown for that frame, counted with the reason.
     bad = [(lambda s: depth_image(frame.depth, s, "mono8"), "depth encoding 'mono8'"),
            (lambda s: depth_image(frame.depth[:, :160], s), "aspect ratio"),
+           (lambda s: depth_image(np.repeat(np.repeat(frame.depth, 2, 0), 2, 1), s), "more than max_input_pixels"),
            (lambda s: depth_image(frame.depth, type(s)(sec=s.sec + 1, nanosec=s.nanosec)), "ms from the colour"),
            (lambda s: depth_image(np.zeros_like(frame.depth), s), "no depth return")]
     for i, (make, reason) in enumerate(bad):

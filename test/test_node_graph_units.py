@@ -1,10 +1,13 @@
 """seg_node's place in a robot's graph, part by part: input topic resolution under namespaces and remaps, the
-/diagnostics level of the current window, the camera pose from a TF transform, compressed outputs."""
+/diagnostics level of the current window, the camera pose from a TF transform, compressed outputs, outputs
+published only to topics with subscribers (counted once per frame)."""
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import math
+import time
 from pathlib import Path
 
 import cv2
@@ -14,7 +17,11 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import Quaternion, Transform  # noqa: E402
+from nav_msgs.msg import OccupancyGrid  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
+from test_node_dds import CAM_H, CAM_W, COSTMAP_PARAMS, half_road, image_msg  # noqa: E402,F401
 
 from seg_perception.core.costmap import CameraPose, rotation_grid_from_optical  # noqa: E402
 from seg_perception.ros.camera_pose import CameraPoseSource, pose_from_transform, rotation_from_quaternion  # noqa: E402
@@ -41,6 +48,45 @@ def graph_node(ros_env):
     for node in nodes:
         node.destroy_node()
     rclpy.shutdown(context=ctx)
+
+
+def test_outputs_go_only_to_subscribed_topics_counting_subscribers_once_per_frame(ros_env, half_road):
+    """rclpy's get_subscription_count takes a lock and walks the graph: the worker asks each output once per frame
+    (here its per-frame step, on one frame) and publishes only where someone listens."""
+    from seg_perception.ros.node import SegNode, _Frame
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
+    params = dict(model=str(half_road), threads=1, camera_info_topic="", publish_compressed=True, **COSTMAP_PARAMS)
+    node = SegNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    viewer = rclpy.create_node("viewer", context=ctx)
+    try:
+        listened = {"/semantic_mask": Image, "/semantic_mask/color/compressed": CompressedImage,
+                    "/semantic_costmap": OccupancyGrid}
+        for topic, msg_type in listened.items():
+            viewer.create_subscription(msg_type, topic, lambda msg: None, 1)
+        outputs = {pub.topic_name: pub for pub in node.publishers}
+        deadline = time.monotonic() + 30
+        while not all(outputs[t].get_subscription_count() for t in listened):  # discovery
+            assert time.monotonic() < deadline, "the viewer's subscriptions never matched"
+            time.sleep(0.05)
+        counted, sent = collections.Counter(), collections.Counter()
+        for topic, pub in outputs.items():
+            count, publish = pub.get_subscription_count, pub.publish
+            pub.get_subscription_count = lambda t=topic, f=count: counted.update([t]) or f()
+            pub.publish = lambda msg, t=topic, f=publish: sent.update([t]) or f(msg)
+        node._serve(_Frame(image_msg(np.zeros((CAM_H, CAM_W, 3), np.uint8), node.get_clock().now().to_msg()),
+                           time.perf_counter_ns(), 0))
+        assert node.published == 1
+        assert set(sent) == set(listened) and max(sent.values()) == 1, sent
+        assert {"/semantic_mask", "/semantic_mask/confidence", "/semantic_mask/overlay", "/semantic_mask/latency",
+                "/semantic_costmap/car"} <= set(counted)
+        assert max(counted.values()) == 1, counted
+    finally:
+        node.close()
+        node.destroy_node()
+        viewer.destroy_node()
+        rclpy.shutdown(context=ctx)
 
 
 def test_sibling_follows_image_transport():

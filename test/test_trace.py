@@ -79,6 +79,9 @@ class _SleepingProjector:
         time.sleep(self.sleep_ms / 1e3)
         return {"": np.zeros((4, 4), np.int8)}
 
+    def project_depth(self, labels: np.ndarray, camera_hw: tuple[int, int], depth) -> dict[str, np.ndarray]:
+        return self.project(labels, camera_hw)
+
 
 def test_pipeline_stages_with_known_sleeps_add_up_to_end_to_end(tiny_onnx):
     from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -114,6 +117,37 @@ def test_pipeline_stages_with_known_sleeps_add_up_to_end_to_end(tiny_onnx):
     assert np.median(stage_sum / dur[:, -1]) == pytest.approx(1.0, rel=0.05)
     # End to end is what a stopwatch around the frame sees, minus begin/commit bookkeeping.
     assert np.median(dur[:, -1]) == pytest.approx(np.median(walls), rel=0.05)
+
+
+def test_a_late_depth_image_is_traced_as_depth_not_as_costmap(tiny_onnx):
+    """The depth lookup may wait for a late depth image (seg_node: up to 0.1 s); that wait is the depth stage's,
+    and the costmap stage is the projection alone."""
+    from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from seg_perception.core.pipeline import OutputRequest, SegPipeline
+
+    backend = OnnxRuntimeBackend(str(tiny_onnx), threads=1)
+    h, w = backend.info.input_size
+    tracer = Tracer(capacity=8)
+    pipeline = SegPipeline(backend, "camera", _SleepingProjector(3), tracer)
+    depth = np.ones((h, w), np.float32)
+
+    def late_depth() -> np.ndarray:
+        time.sleep(0.03)
+        return depth
+
+    rgb = np.zeros((h, w, 3), np.uint8)
+    for _ in range(5):
+        slot = tracer.begin()
+        assert pipeline.process(rgb, OutputRequest(costmaps=True), slot, late_depth).costmaps
+        tracer.commit(slot)
+    backend.close()
+    s = tracer.summary()
+    assert 3 <= s["costmap"].p50_ms < 30  # the 3 ms projection, without the 30 ms wait
+    assert s["depth"].count == s["costmap"].count == 5 and s["depth"].p50_ms >= 30
+    for slot in tracer.recent_slots():
+        _assert_spans_nest(tracer, slot, [trace.INFERENCE, trace.POSTPROCESS, trace.DEPTH, trace.COSTMAP])
+    dur = tracer.durations_ms()
+    assert np.median(np.nansum(dur[:, :-1], axis=1) / dur[:, -1]) == pytest.approx(1.0, rel=0.05)
 
 
 def test_summaries_window_exact_and_whole_run_from_histograms():

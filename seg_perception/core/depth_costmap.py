@@ -19,6 +19,7 @@ import numpy as np
 
 from seg_perception.core.costmap import (FREE, UNKNOWN, CameraPose, GridSpec, GroundProjector,
                                          rotation_grid_from_optical, same_aspect, scaled_intrinsics)
+from seg_perception.core.image_codec import MAX_PIXELS, check_pixels
 
 # sensor_msgs/image_encodings names of depth images -> (little-endian sample type, metres per unit)
 DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("<u2", 0.001), "32FC1": ("<f4", 1.0)}
@@ -52,10 +53,12 @@ class DepthSpec:
 class DepthDecoder:
     """Depth image message fields -> [h, w] depth as the projector reads it: a zero-copy view of little-endian
     data without row padding (32FC1 float32 metres, 16UC1 uint16 millimetres); anything else converted into
-    float32 metres in a buffer reused across frames of one size."""
+    float32 metres in a buffer reused across frames of one size. An image of more than `max_pixels` (seg_node's
+    max_input_pixels, as for colour frames) is refused from its fields before anything is allocated."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_pixels: int = MAX_PIXELS) -> None:
         self._metres = np.empty((0, 0), np.float32)
+        self.max_pixels = max_pixels
 
     def decode(self, data, encoding: str, height: int, width: int, step: int, is_bigendian: int = 0) -> np.ndarray:
         spec = DEPTH_ENCODINGS.get(encoding)
@@ -63,6 +66,7 @@ class DepthDecoder:
             raise DepthError(f"depth encoding '{encoding}' is not one of {', '.join(DEPTH_ENCODINGS)}")
         if height <= 0 or width <= 0:
             raise DepthError(f"empty depth image: {width}x{height}")
+        check_pixels(height, width, self.max_pixels, "depth image", DepthError)
         dtype = np.dtype(spec[0]).newbyteorder(">" if is_bigendian else "<")
         if step < width * dtype.itemsize:
             raise DepthError(f"depth step {step} is smaller than width*{dtype.itemsize} = {width * dtype.itemsize}")

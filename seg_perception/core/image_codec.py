@@ -39,6 +39,14 @@ class ImageDecodeError(ValueError):
     """The message cannot be turned into an image; the text says which field is wrong."""
 
 
+def check_pixels(height: int, width: int, max_pixels: int, what: str = "image",
+                 error: type[ValueError] = ImageDecodeError) -> None:
+    """Refuse an image of more than `max_pixels` from its claimed size alone, before anything is allocated for it;
+    colour frames and depth images (`what`) are refused in the same words."""
+    if height * width > max_pixels:
+        raise error(f"{width}x{height} {what} is {height * width} pixels, more than max_input_pixels {max_pixels}")
+
+
 def compressed_size(data: np.ndarray) -> tuple[int, int]:
     """(height, width) from the header of PNG or JPEG bytes (uint8, 1-D), without decoding; ImageDecodeError
     for anything else (OpenCV would decode any format it knows, whatever the message's `format` says)."""
@@ -67,11 +75,6 @@ class ImageDecoder:
         self._rgb: np.ndarray | None = None
         self.max_pixels = max_pixels
 
-    def _check_size(self, height: int, width: int) -> None:
-        if height * width > self.max_pixels:
-            raise ImageDecodeError(f"{width}x{height} image is {height * width} pixels, more than max_input_pixels "
-                                   f"{self.max_pixels}")
-
     def _buffer(self, height: int, width: int) -> np.ndarray:
         if self._rgb is None or self._rgb.shape[:2] != (height, width):
             self._rgb = np.empty((height, width, 3), np.uint8)
@@ -86,7 +89,7 @@ class ImageDecoder:
         if height <= 0 or width <= 0:
             raise ImageDecodeError(f"empty image: {width}x{height}")
         channels, conversion = spec
-        self._check_size(height, width)
+        check_pixels(height, width, self.max_pixels)
         if channels == 2 and width % 2:
             raise ImageDecodeError(f"'{encoding}' packs two pixels in four bytes, so its width must be even, "
                                    f"got {width}")
@@ -115,7 +118,7 @@ class ImageDecoder:
         buf = np.frombuffer(data, np.uint8)
         if buf.size == 0:
             raise ImageDecodeError("compressed image has no bytes")
-        self._check_size(*compressed_size(buf))
+        check_pixels(*compressed_size(buf), self.max_pixels)
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         if bgr is None:
             raise ImageDecodeError(f"corrupt {kind} data ({buf.size} bytes): OpenCV could not decode it")

@@ -1,4 +1,4 @@
-"""preprocess -> backend -> postprocess -> costmaps, traced stage by stage.
+"""preprocess -> backend -> postprocess -> (depth ->) costmaps, traced stage by stage.
 
 The live node, rosbag evaluation and Cityscapes evaluation all call `SegPipeline`, so what is evaluated is
 what is deployed. Output arrays are views into buffers the pipeline reuses: valid until the next frame.
@@ -137,7 +137,10 @@ class SegPipeline:
             if depth_source is None:
                 result.costmaps = self.projector.project(out.labels, cam_hw) if request.costmaps else {}
             else:
-                depth = depth_source()
+                depth = depth_source()  # may wait for a late depth image: traced as its own stage
+                t4 = _NOW()
+                tracer.span(slot, trace.DEPTH, t3, t4)
+                t3 = t4
                 if request.costmaps:
                     result.costmaps = self.projector.project_depth(out.labels, cam_hw, depth)
                 if request.points and depth is not None and self.projector.ready:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# "depth" is getting the frame's depth image (waiting for a late one, decoding it), apart from "costmap", the
+# projection, so that a late depth stream shows as itself and not as a slow projection.
 STAGES: tuple[str, ...] = (
-    "transport", "wait", "decode", "preprocess", "inference", "postprocess", "costmap", "publish",
+    "transport", "wait", "decode", "preprocess", "inference", "postprocess", "depth", "costmap", "publish",
 )
-TRANSPORT, WAIT, DECODE, PREPROCESS, INFERENCE, POSTPROCESS, COSTMAP, PUBLISH = range(len(STAGES))
+TRANSPORT, WAIT, DECODE, PREPROCESS, INFERENCE, POSTPROCESS, DEPTH, COSTMAP, PUBLISH = range(len(STAGES))
 END_TO_END = "end_to_end"
 INFERENCE_DEVICE = "inference_device"  # CUDA-event time of the inference, when the backend measures it
 SUMMARY_ROWS: tuple[str, ...] = STAGES + (END_TO_END, INFERENCE_DEVICE)

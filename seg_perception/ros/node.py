@@ -105,7 +105,7 @@ class SegNode(Node):
         self.depth_dropped = 0  # frames whose depth-built outputs stayed unknown (no, late, or bad depth)
         self._depths: collections.deque[Image] = collections.deque(maxlen=8)  # newest last
         self._depths_arrived = threading.Condition()
-        self._depth_decoder = DepthDecoder()
+        self._depth_decoder = DepthDecoder(p.max_input_pixels)
         self._depth_paired = False  # the current frame found its depth image
         self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
         self._camera_info: CameraInfo | None = None  # the latest one with valid fields (set by the executor)
@@ -139,6 +139,11 @@ class SegNode(Node):
                 if key != "overlay" or p.publish_overlay:
                     self.pub_compressed[key] = (publisher(topic + "/compressed", CompressedImage),
                                                 conv.CompressedOut(encoding, fmt, p.jpeg_quality))
+        # Per output publisher: does anyone subscribe? Counted once per frame (rclpy's count takes a lock and walks
+        # the graph) into this dict; the None entry (an output not offered) stays False.
+        self._listened = dict.fromkeys(
+            [self.pub_mask, self.pub_conf, self.pub_color, self.pub_overlay, self.pub_info, self.pub_latency,
+             self.pub_points, *self.pub_layers.values(), *(pub for pub, _ in self.pub_compressed.values())], False)
         self.pub_label_info = publish_label_info(self, info.class_names)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._out_mask, self._out_conf = conv.ImageOut("mono8"), conv.ImageOut("mono8")
@@ -230,23 +235,31 @@ class SegNode(Node):
                 self.last_problem = f"failed: {type(exc).__name__}: {exc}"
                 log.error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=THROTTLE_S)
 
+    def _count_listeners(self) -> None:
+        listened = self._listened
+        for pub in listened:
+            if pub is not None:
+                listened[pub] = pub.get_subscription_count() > 0
+
     def _request(self) -> OutputRequest:
-        subscribed = lambda pub: pub is not None and pub.get_subscription_count() > 0  # noqa: E731
-        compressed = {key: subscribed(pub) for key, (pub, _) in self.pub_compressed.items()}
+        """The outputs someone subscribes to, by this frame's counts."""
+        listened = self._listened
+        compressed = {key: listened[pub] for key, (pub, _) in self.pub_compressed.items()}
         return OutputRequest(
-            mask=subscribed(self.pub_mask) or compressed.get("mask", False),
-            confidence=subscribed(self.pub_conf),
-            color=subscribed(self.pub_color) or compressed.get("color", False),
-            overlay=subscribed(self.pub_overlay) or compressed.get("overlay", False),
-            costmaps=any(subscribed(pub) for pub in self.pub_layers.values()),
-            points=subscribed(self.pub_points),
+            mask=listened[self.pub_mask] or compressed.get("mask", False),
+            confidence=listened[self.pub_conf],
+            color=listened[self.pub_color] or compressed.get("color", False),
+            overlay=listened[self.pub_overlay] or compressed.get("overlay", False),
+            costmaps=any(listened[pub] for pub in self.pub_layers.values()),
+            points=listened[self.pub_points],
         )
 
     def _serve(self, frame: _Frame) -> None:
         taken = _NOW()
+        self._count_listeners()
+        listened = self._listened
         request = self._request()
-        want_info = self.pub_info.get_subscription_count() > 0
-        want_latency = self.pub_latency.get_subscription_count() > 0
+        want_info, want_latency = listened[self.pub_info], listened[self.pub_latency]
         if not (request.mask or request.confidence or request.color or request.overlay or request.costmaps
                 or request.points or want_info or want_latency):
             self.idle += 1  # nobody listens: skip inference entirely
@@ -281,20 +294,20 @@ class SegNode(Node):
 
         t_pub = _NOW()
         header = msg.header
-        if request.mask and self.pub_mask.get_subscription_count() > 0:
+        if request.mask and listened[self.pub_mask]:
             self.pub_mask.publish(self._out_mask.fill(header, result.mask))
         if request.confidence:
             self.pub_conf.publish(self._out_conf.fill(header, result.confidence))
-        if request.color and self.pub_color.get_subscription_count() > 0:
+        if request.color and listened[self.pub_color]:
             self.pub_color.publish(self._out_color.fill(header, result.color))
-        if request.overlay and self.pub_overlay.get_subscription_count() > 0:
+        if request.overlay and listened[self.pub_overlay]:
             self.pub_overlay.publish(self._out_overlay.fill(header, result.overlay))
         for key, (pub, out) in self.pub_compressed.items():
-            if pub.get_subscription_count() > 0:
+            if listened[pub]:
                 pub.publish(out.fill(header, getattr(result, key)))
         for name, cells in result.costmaps.items():
             pub = self.pub_layers[name]
-            if pub.get_subscription_count() > 0:
+            if listened[pub]:
                 pub.publish(self._out_layers[name].fill(header.stamp, cells))
         if request.points and result.points is not None:
             self.pub_points.publish(self._out_points.fill(header, result.points, result.points_hw))

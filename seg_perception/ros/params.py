@@ -74,8 +74,8 @@ PARAMETERS: dict[str, Spec] = {
                        choices=("raw", "compressed")),
     "input_qos": Spec("sensor_data", "input QoS reliability", choices=INPUT_QOS),
     "input_depth": Spec(1, "input queue depth (1 = newest frame only)", range=(1, 100)),
-    "max_input_pixels": Spec(MAX_PIXELS, "frames of more pixels are rejected before decoding (size from the message "
-                                         "or PNG/JPEG header)", range=(1, 1_000_000_000)),
+    "max_input_pixels": Spec(MAX_PIXELS, "colour frames and depth images of more pixels are refused before decoding "
+                                         "(size from the message or PNG/JPEG header)", range=(1, 1_000_000_000)),
     "output_qos": Spec("reliable", "output QoS reliability (a reliable publisher also serves best-effort "
                                    "subscribers)", choices=OUTPUT_QOS),
     "camera_info_topic": Spec("camera_info", "sensor_msgs/CameraInfo topic; left at camera_info it is the image "
