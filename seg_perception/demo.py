@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_perception.core.costmap import FUSED, layer_topic
 from seg_perception.core.trace import END_TO_END, STAGES, TRANSPORT, StageSummary
 from seg_perception.errors import UsageError
 from seg_perception.pictures import (CameraView, GridGeometry, draw_costmap, draw_overlay, draw_topdown_classes,
@@ -142,8 +143,6 @@ class Collector:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
-        from seg_perception.ros.node import layer_topic
-
         self.received = Received()
         self.node = Node("seg_demo")
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -165,8 +164,6 @@ class Collector:
         self.received.overlays[self._stamp(msg)] = _image_array(msg, 3).copy()
 
     def _on_layer(self, name: str, msg) -> None:
-        from seg_perception.core.costmap import FUSED
-
         cells = np.frombuffer(msg.data, np.int8).reshape(msg.info.height, msg.info.width).copy()
         self.received.layers.setdefault(self._stamp(msg), {})[name] = cells
         if name == FUSED:
@@ -330,7 +327,6 @@ def score_costmaps(received: Received, bag: Path, projector, fused_lut: np.ndarr
     """Costmap IoU against the bag's true top-down maps: the node's depth-built layers as received, and flat-ground
     layers from the received masks through the same projector. Returns (CostmapIoU.report(), the last scored
     frame's (truth, flat fused layer, depth fused layer), or None)."""
-    from seg_perception.core.costmap import FUSED
     from seg_perception.bags import BagReader, grid_array, stamp_ns
     from seg_perception.eval.costmap_metrics import CostmapIoU, resample_truth, visible_cells
 

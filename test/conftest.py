@@ -30,21 +30,38 @@ def ros_env(worker_id):
     return env
 
 
-@pytest.fixture(scope="session")
-def no_torch(tmp_path_factory):
-    """`no_torch(env=None)`: a copy of `env` (default os.environ) in which `import torch` fails, in the process
-    and in every process it starts, as in the runtime install (`make demo`) that has no torch."""
-    blocker = tmp_path_factory.mktemp("torch_blocker")
-    (blocker / "torch").mkdir()
-    (blocker / "torch" / "__init__.py").write_text(
-        'raise ModuleNotFoundError("torch is blocked: runtime commands must run without it", name="torch")\n')
+# ROS 2 Python packages a ROS-free install lacks: the client library and the message packages seg_perception uses.
+ROS_PACKAGES = ("rclpy", "rcl_interfaces", "builtin_interfaces", "std_msgs", "sensor_msgs", "nav_msgs",
+                "geometry_msgs", "diagnostic_msgs", "vision_msgs")
+
+
+def _blocker(folder: Path, modules: tuple[str, ...], why: str):
+    """`env(base=None)`: a copy of `base` (default os.environ) in which importing any of `modules` fails, in the
+    process and in every process it starts."""
+    for name in modules:
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text(f'raise ModuleNotFoundError("{name} is blocked: {why}", '
+                                                   f'name="{name}")\n')
 
     def env(base: dict | None = None) -> dict:
         out = dict(os.environ if base is None else base)
-        out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocker), out.get("PYTHONPATH", "")]))
+        out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), out.get("PYTHONPATH", "")]))
         return out
 
     return env
+
+
+@pytest.fixture(scope="session")
+def no_torch(tmp_path_factory):
+    """`no_torch(env=None)`: an environment without torch, as in the runtime install (`make demo`)."""
+    return _blocker(tmp_path_factory.mktemp("torch_blocker"), ("torch",), "runtime commands must run without it")
+
+
+@pytest.fixture(scope="session")
+def no_ros(tmp_path_factory):
+    """`no_ros(env=None)`: an environment without rclpy and the ROS message packages, as in an install without
+    the [ros] extra."""
+    return _blocker(tmp_path_factory.mktemp("ros_blocker"), ROS_PACKAGES, "this command must run without ROS 2")
 
 
 @pytest.fixture(scope="session")

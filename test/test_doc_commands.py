@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from seg_perception.cli import COMMANDS, build_parser
+from seg_perception.core.node_params import PARAMETERS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -98,8 +99,7 @@ def launch_arguments(launch_file: str) -> set[str]:
 
 
 def node_parameters() -> set[str]:
-    params = pytest.importorskip("seg_perception.ros.params")
-    return set(params.PARAMETERS) | {"use_sim_time"}
+    return set(PARAMETERS) | {"use_sim_time"}
 
 
 def make_targets() -> set[str]:

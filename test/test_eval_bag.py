@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -178,10 +180,37 @@ def test_costmaps_scored_against_the_true_top_down_map_in_both_modes(tiny_onnx, 
     assert "| costmap layer | flat_ground IoU (%) | depth IoU (%) |" in out.with_suffix(".md").read_text()
 
 
+def test_costmaps_are_scored_and_written_without_ros(no_ros, tiny_onnx, tmp_path):
+    """Bag evaluation is a ROS-free driver: with rclpy and the message packages missing it still projects costmaps
+    with seg_node's parameters, scores them and writes them under seg_node's topic names (it skipped scoring, and
+    --write-bag failed, while the parameters and topic names lived in the ROS driver)."""
+    from seg_perception.core.costmap import GridSpec
+    from seg_perception.data.synthetic import CAMERA_HEIGHT_M, Camera, render_drive
+
+    env = no_ros()
+    blocked = subprocess.run([sys.executable, "-c", "import rclpy"], env=env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "rclpy is blocked" in blocked.stderr
+    grid = GridSpec()
+    frames = render_drive(np.random.default_rng(3), 2, H, W, topdown=grid)
+    bag = write_drive_bag(tmp_path / "b", frames, camera_info=Camera.for_image(H, W).pinhole(), topdown_grid=grid)
+    params = tmp_path / "seg.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    camera_height: {CAMERA_HEIGHT_M}\n"
+                      "    costmap_classes: [road, traffic light]\n")
+    out, written = tmp_path / "r.json", tmp_path / "pred_bag"
+    proc = subprocess.run([sys.executable, "-m", "seg_perception.cli", "eval", "bag", str(bag), "--image-topic",
+                           "/camera/image_raw", "--gt-topic", "/camera/semantic_gt", "--model", str(tiny_onnx),
+                           "--params-file", str(params), "--write-bag", str(written), "--threads", "1",
+                           "--out", str(out), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["costmap_iou"]["frames"] == {"flat_ground": 2, "depth": 2}
+    layers = ["/semantic_costmap", "/semantic_costmap/road", "/semantic_costmap/traffic_light"]
+    with BagReader(written) as reader:
+        assert [reader.count(topic) for topic in layers] == [2, 2, 2]
+
+
 def test_frames_without_a_top_down_map_are_not_kept():
     """A bag with a true map for some frames only: the others' costmaps wait for a map at most a second, so a long
     drive does not pile up every frame's layers in memory (it kept all of them)."""
-    pytest.importorskip("rclpy")  # seg_node's parameters
     from seg_perception.eval.bag_eval import SLICE_MARGIN_NS, _CostmapScoring, node_projector
     from seg_perception.labels import CITYSCAPES_CLASSES
 
@@ -199,7 +228,6 @@ def test_frames_without_a_top_down_map_are_not_kept():
 def test_write_bag_costmaps_are_built_from_depth_when_the_node_uses_depth(tiny_onnx, tmp_path, capsys):
     """With `depth_topic` in the parameters, seg_node builds its costmaps from depth: so does --write-bag, from the
     bag's depth topic (it wrote flat-ground costmaps, which that node never publishes)."""
-    pytest.importorskip("rclpy")  # seg_node's parameters
     from seg_perception.core.depth_costmap import DepthDecoder
     from seg_perception.core.pipeline import OutputRequest
     from seg_perception.data.synthetic import CAMERA_HEIGHT_M, Camera, render_drive
@@ -258,7 +286,6 @@ def test_all_ignore_ground_truth_is_an_error(tiny_onnx, tmp_path, capsys):
 def test_depth_pairs_with_the_nearest_image_within_the_nodes_depth_tolerance():
     """Evaluation pairs depth as seg_node does: nearest stamp within depth_tolerance (a RealSense's depth and
     colour stamps differ by milliseconds), not the latest image within the image/ground-truth tolerance."""
-    pytest.importorskip("rclpy")  # seg_node's parameters
     from types import SimpleNamespace
 
     from seg_perception.eval.bag_eval import _DepthPairing, node_projector

@@ -41,7 +41,7 @@ def test_launch_description_arguments_and_overrides(tmp_path):
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
-    from seg_perception.ros.params import PARAMETERS
+    from seg_perception.core.node_params import PARAMETERS
 
     module = _load(LAUNCH_FILE)
     description = module.generate_launch_description()

@@ -1,5 +1,6 @@
-"""Every import in the package points down the layer table (models <- backends <- core <- drivers): read from the
-source with `ast`, module-level and function-level imports alike, so no arrow hides inside a function."""
+"""Every import in the package points down the layer table (models <- backends <- core <- drivers), no driver
+reaches into the ROS driver, and nothing below the drivers needs ROS: read from the source with `ast`, module-level
+and function-level imports alike, so no arrow hides inside a function."""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def is_module(name: str) -> bool:
 
 def imported_modules(source: str, importer: str, is_package: bool) -> list[str]:
     """The seg_perception modules `source` imports anywhere in its body; `from pkg import mod` names mod."""
+    return [name for name in all_imports(source, importer, is_package)
+            if name == "seg_perception" or name.startswith("seg_perception.")]
+
+
+def all_imports(source: str, importer: str, is_package: bool) -> list[str]:
+    """Every module `source` imports anywhere in its body, relative imports resolved."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -45,7 +52,7 @@ def imported_modules(source: str, importer: str, is_package: bool) -> list[str]:
                 package = importer.split(".") if is_package else importer.split(".")[:-1]
                 base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
             found += [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names]
-    return [name for name in dict.fromkeys(found) if name == "seg_perception" or name.startswith("seg_perception.")]
+    return list(dict.fromkeys(found))
 
 
 def layer_of(module: str) -> int:
@@ -61,11 +68,70 @@ def upward_arrows(importer: str, source: str, is_package: bool = False) -> list[
             for target in imported_modules(source, importer, is_package) if layer_of(target) > own]
 
 
-def test_every_import_points_down():
+ROS_TOOLS = {"rclpy", "rosidl_runtime_py", "rosidl_parser", "tf2_ros", "launch", "launch_ros", "message_filters",
+             "ament_index_python"}
+
+
+def is_ros(module: str) -> bool:
+    """rclpy, ROS interface and message packages (rcl_interfaces, sensor_msgs, ...) and the ROS Python tools; not
+    rosbags, which reads and writes bags without ROS."""
+    top = module.split(".")[0]
+    return top in ROS_TOOLS or top.endswith(("_msgs", "_interfaces"))
+
+
+def ros_arrows(importer: str, source: str, is_package: bool = False) -> list[str]:
+    """Imports that tie `importer` to ROS where it must not be: a module outside seg_perception.ros importing the
+    ROS driver (the other drivers call the ROS-free core, as the node does), or a module below the drivers
+    importing ROS at all. A driver may still need ROS itself (the demo talks DDS) and may start the node as a
+    process (a module name in a string is not an import)."""
+    imports = all_imports(source, importer, is_package)
+    own = layer_of(importer)
     arrows = []
+    if importer != "seg_perception.ros" and not importer.startswith("seg_perception.ros."):
+        arrows += [f"{importer} imports the ROS driver {target}" for target in imports
+                   if target == "seg_perception.ros" or target.startswith("seg_perception.ros.")]
+    if own < LAYERS["ros"]:
+        arrows += [f"{importer} ({LAYER_NAMES[own]}) imports {target} (ROS)" for target in imports if is_ros(target)]
+    return arrows
+
+
+def package_modules():
     for path in sorted(PACKAGE.rglob("*.py")):
-        arrows += upward_arrows(module_name(path), path.read_text(), path.name == "__init__.py")
+        yield module_name(path), path.read_text(), path.name == "__init__.py"
+
+
+def test_every_import_points_down():
+    arrows = [arrow for module in package_modules() for arrow in upward_arrows(*module)]
     assert not arrows, "upward imports:\n" + "\n".join(arrows)
+
+
+def test_only_the_ros_driver_needs_ros():
+    arrows = [arrow for module in package_modules() for arrow in ros_arrows(*module)]
+    assert not arrows, "imports of ROS outside the ROS driver:\n" + "\n".join(arrows)
+
+
+def test_a_ros_import_outside_the_ros_driver_is_named():
+    driver = ("import subprocess\n"
+              "import rclpy\n"  # a driver may talk ROS itself
+              "COMMAND = ['python', '-m', 'seg_perception.ros.node']\n"
+              "def run():\n"
+              "    from seg_perception.ros.node import layer_topic\n"
+              "    from ..ros import params\n")
+    assert ros_arrows("seg_perception.eval.example", driver) == [
+        "seg_perception.eval.example imports the ROS driver seg_perception.ros.node",
+        "seg_perception.eval.example imports the ROS driver seg_perception.ros.params",
+    ]
+    core = ("from rcl_interfaces.msg import ParameterDescriptor\n"
+            "from rosbags.typesys import Stores\n"
+            "def grid():\n"
+            "    import nav_msgs.msg\n"
+            "    from rclpy.node import Node\n")
+    assert ros_arrows("seg_perception.core.example", core) == [
+        "seg_perception.core.example (core) imports rcl_interfaces.msg (ROS)",
+        "seg_perception.core.example (core) imports nav_msgs.msg (ROS)",
+        "seg_perception.core.example (core) imports rclpy.node (ROS)",
+    ]
+    assert ros_arrows("seg_perception.ros.node", core + driver) == []
 
 
 def test_an_upward_arrow_inside_a_function_is_named():

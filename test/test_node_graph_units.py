@@ -231,8 +231,8 @@ def test_compressed_outputs_round_trip():
 
 # --- viewers ---------------------------------------------------------------------------------------
 def _output_topics() -> set[str]:
-    from seg_perception.ros.node import layer_topic
-    from seg_perception.ros.params import PARAMETERS
+    from seg_perception.core.costmap import layer_topic
+    from seg_perception.core.node_params import PARAMETERS
 
     images = {"semantic_mask", "semantic_mask/color", "semantic_mask/overlay"}
     layers = {layer_topic(name) for name in ["", *PARAMETERS["costmap_classes"].default]}

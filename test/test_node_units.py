@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -122,7 +123,8 @@ def test_grid_out_and_scaled_camera_info():
 
 # --- parameters and config/seg.yaml ----------------------------------------------------------------
 def test_config_yaml_documents_every_parameter_with_its_default():
-    params = pytest.importorskip("seg_perception.ros.params")
+    from seg_perception.core import node_params as params
+
     text = (REPO / "config" / "seg.yaml").read_text()
     values = yaml.safe_load(text)["/**"]["ros__parameters"]
     assert set(values) == set(params.PARAMETERS)
@@ -131,11 +133,29 @@ def test_config_yaml_documents_every_parameter_with_its_default():
         assert spec.description in text, f"{name} is not documented in config/seg.yaml"
 
 
+@pytest.mark.parametrize("name, value, problem", [
+    ("camera_height", -1.0, "-1.0 is outside [0.01, 100]"),
+    ("input_depth", 0, "0 is outside [1, 100]"),
+    ("costmap_resolution", "fine", "'fine' is not a number"),
+    ("publish_overlay", True, None), ("default_cost", -1, None), ("camera_pitch", 0.3, None),
+])
+def test_the_parameter_table_checks_ranges_without_rclpy(name, value, problem):
+    """Bag evaluation checks a parameters file with the table alone, so it refuses what rclpy refuses in the node."""
+    from seg_perception.core.node_params import ParameterError, check
+
+    if problem is None:
+        check(name, value)
+    else:
+        with pytest.raises(ParameterError, match=re.escape(f"parameter '{name}': {problem}")):
+            check(name, value)
+
+
 def test_declare_reads_overrides_and_rejects_bad_values(ros_env):
     rclpy = pytest.importorskip("rclpy")
     from rclpy.parameter import Parameter
 
-    from seg_perception.ros.params import ParameterError, declare
+    from seg_perception.core.node_params import ParameterError
+    from seg_perception.ros.params import declare
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
@@ -181,7 +201,8 @@ def test_backend_options_follow_the_backend_that_runs_the_model(ros_env, overrid
     rclpy = pytest.importorskip("rclpy")
     from rclpy.parameter import Parameter
 
-    from seg_perception.ros.params import ParameterError, declare
+    from seg_perception.core.node_params import ParameterError
+    from seg_perception.ros.params import declare
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=int(ros_env["ROS_DOMAIN_ID"]))

@@ -20,6 +20,11 @@ UNKNOWN, FREE, LETHAL = -1, 0, 100  # nav_msgs/OccupancyGrid conventions
 FUSED = ""  # key of the fused layer in project()'s result
 
 
+def layer_topic(name: str) -> str:
+    """seg_node's topic for a costmap layer (relative); bag evaluation writes the same names, so viewers carry over."""
+    return "semantic_costmap" if name == FUSED else "semantic_costmap/" + name.replace(" ", "_")
+
+
 @dataclass(frozen=True)
 class CameraPose:
     """Camera optical centre in the grid frame (x forward, y left, z up), angles in radians.

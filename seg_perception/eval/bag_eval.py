@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,9 @@ from seg_perception.backends import Backend, open_backend
 from seg_perception.bags import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, OCCUPANCY_GRID, BagReader,
                                  BagWriter, grid_array, gt_dir_index, image_msg, mono8_array, occupancy_grid_msg,
                                  stamp_ns)
+from seg_perception.core.costmap import cost_lut, layer_topic
+from seg_perception.core.depth_costmap import DepthProjector
+from seg_perception.core.node_params import PARAMETERS, NodeParams, ParameterError, check
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.core.trace import Tracer
 from seg_perception.eval import EvalError
@@ -128,10 +129,6 @@ def _ros_parameters(path: Path) -> dict:
 def node_projector(overrides: dict, class_names, source: str = "seg_node parameters"):
     """seg_node's projector (flat ground and depth) and its fused cost table, from the node's parameter defaults
     plus `overrides` (what --ros-args or a parameters file set)."""
-    from seg_perception.core.costmap import cost_lut
-    from seg_perception.core.depth_costmap import DepthProjector
-    from seg_perception.ros.params import PARAMETERS, NodeParams, ParameterError, check
-
     values = {name: spec.default for name, spec in PARAMETERS.items()}
     unknown = sorted(set(overrides) - set(values))
     if unknown:
@@ -163,8 +160,6 @@ class _Outputs:
     """What seg_node would publish, written into a new bag beside the camera topics."""
 
     def __init__(self, config: BagEvalConfig, pipeline: SegPipeline, reader: BagReader) -> None:
-        from seg_perception.ros.node import layer_topic  # the node's topic names, so RViz configs carry over
-
         self.writer = BagWriter(config.write_bag, config.write_storage)
         self.reader = reader
         self.projector = pipeline.projector
@@ -206,9 +201,6 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
         if info_topic:
             reader.topic(info_topic, (CAMERA_INFO,))
         topdown_topic = config.topdown_topic if info_topic and config.topdown_topic in reader.topics else ""
-        if topdown_topic and importlib.util.find_spec("rclpy") is None:
-            print("eval bag: costmaps not scored: seg_node's parameters need rclpy (the [ros] extra)", file=sys.stderr)
-            topdown_topic = ""
         write_depth = bool(config.write_bag and info_topic and _node_depth_topic(config))
         if write_depth and config.depth_topic not in reader.topics:
             raise EvalError(f"'{config.params_file}' sets depth_topic, but '{config.bag}' has no depth topic "

@@ -16,7 +16,7 @@ from geometry_msgs.msg import Quaternion, Transform
 from rclpy.node import Node
 
 from seg_perception.core.costmap import BODY_FROM_OPTICAL, CameraPose
-from seg_perception.ros.params import ParameterError
+from seg_perception.core.node_params import ParameterError
 
 Lookup = Callable[[str, Time], Transform]  # (image frame_id, image stamp) -> costmap_frame <- image frame
 

@@ -26,17 +26,18 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from seg_perception.backends import BackendError, is_file_artifact, open_backend
 from seg_perception.core import trace
-from seg_perception.core.costmap import FUSED, same_aspect
+from seg_perception.core.costmap import layer_topic, same_aspect
 from seg_perception.core.depth_costmap import DepthDecoder, DepthError, DepthProjector, check_registered
 from seg_perception.core.frame_slot import LatestFrameSlot
 from seg_perception.core.image_codec import ImageDecodeError
+from seg_perception.core.node_params import ParameterError
 from seg_perception.core.pipeline import OutputRequest, SegPipeline
 from seg_perception.output_files import check_writable
 from seg_perception.ros import conversions as conv
 from seg_perception.ros.camera_pose import open_pose_source
 from seg_perception.ros.health import Counts, HealthWindow, status_name
 from seg_perception.ros.label_info import publish_label_info
-from seg_perception.ros.params import ParameterError, declare
+from seg_perception.ros.params import declare
 from seg_perception.ros.topics import LATCHED, resolve_inputs
 
 _NOW = trace._NOW
@@ -60,10 +61,6 @@ def transport_start(arrival_ns: int, transport_ns: int) -> int | None:
     """Start of a frame's transport span, or None when its stamp is not live: a replayed bag's stamps are its
     recording times (so are an unsynchronised camera's), and 'now - stamp' would be a span of years."""
     return None if abs(transport_ns) > LIVE_STAMP_NS else arrival_ns - max(transport_ns, 0)
-
-
-def layer_topic(name: str) -> str:
-    return "semantic_costmap" if name == FUSED else "semantic_costmap/" + name.replace(" ", "_")
 
 
 class SegNode(Node):
