@@ -144,14 +144,21 @@ def test_ignore_bottom_leaves_the_hood_rows_out_of_the_grid():
     assert cell_x(seen[0]) == pytest.approx(d_cut, abs=2 * GRID.resolution)
 
 
-def test_remap_table_is_cached():
+def test_remap_table_is_kept_and_reaimed_in_place():
     proj = projector()
     labels = road_below_horizon_line()
     proj.project(labels, (H, W))
-    table = proj._pixels
+    table, cells = proj._table, proj._table.cells.copy()
     proj.set_intrinsics(K.copy(), (H, W))  # same values
     proj.project(labels, (H, W))
-    assert proj._pixels is table
-    proj.set_pose(CameraPose(height=HEIGHT + 0.1, pitch=PITCH))
+    assert proj._table is table and np.array_equal(proj._table.cells, cells)
+    moved = CameraPose(height=HEIGHT + 0.1, pitch=PITCH, yaw=0.2)
+    proj.set_pose(moved)
     proj.project(labels, (H, W))
-    assert proj._pixels is not table
+    assert proj._table is table  # re-aimed in its buffers
+    want_cells, want_pixels = ground_remap_table(GRID, moved, K, (H, W), (H, W), (H, W))
+    assert not np.array_equal(table.cells, cells)
+    assert np.array_equal(table.cells, want_cells) and np.array_equal(table.pixels, want_pixels)
+    proj.set_intrinsics(K * np.array([[1.1], [1.1], [1]]), (H, W))
+    proj.project(labels, (H, W))
+    assert proj._table is not table

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 
@@ -107,6 +108,59 @@ def test_depth_at_another_resolution_and_buffers_are_reused(frame):
     assert all(proj._geometry.buffers[k] is v for k, v in buffers.items())
 
 
+# What the pose sets in a geometry; each is compared with a geometry built from scratch for that pose.
+AIMED = ("stride", "bins", "col_at_camera", "row_at_camera", "camera_z", "col_per_metre", "row_per_metre",
+         "z_per_metre", "reach_per_metre", "sample_bin", "cell_bin", "cell_range", "cell_near", "table_sample",
+         "table_cell")
+
+
+def test_a_moving_camera_reaims_the_geometry_in_place_bit_for_bit_as_built_from_scratch(frame):
+    """A camera whose pose changes every frame (TF into odom, a pan-tilt head): the flat-ground table and the
+    depth geometry are re-aimed in their buffers, not rebuilt, and hold exactly what a projector built for that
+    pose holds, for turns, tilts, rolls and moves, when the far corner's distance changes the sample stride, and
+    when the pose goes back."""
+    grid = GridSpec(resolution=0.2, size_x=16.0, size_y=12.0, origin_x=0.0, origin_y=-6.0)  # strides 1 to 3
+
+    def fresh(pose: CameraPose) -> DepthProjector:
+        proj = DepthProjector(grid, pose, CITYSCAPES_CLASSES, COSTS, 100, ("road", "person", "car"))
+        proj.set_intrinsics(Camera.for_image(H, W).pinhole().k(), (H, W))
+        return proj
+
+    h = CAMERA_HEIGHT_M
+    poses = [CameraPose(height=h), CameraPose(height=h, yaw=0.3), CameraPose(height=h, yaw=0.3, pitch=0.08),
+             CameraPose(height=h, yaw=0.3, pitch=0.08, roll=-0.05), CameraPose(x=0.7, y=-0.4, height=h + 0.2),
+             CameraPose(x=0.7, y=0.4, height=h + 0.2),  # as far from the far corner: only the move changes
+             CameraPose(x=8.0, height=h, yaw=-0.6, pitch=0.1), CameraPose(x=-10.0, y=2.0, height=h, yaw=0.1),
+             CameraPose(height=h)]
+    moving = fresh(poses[0])
+    depth = np.ascontiguousarray(frame.depth[::2, ::2])  # half-size depth: the samples' depth pixels differ
+    first, table, geometry, strides = None, None, None, []
+    for pose in poses:
+        moving.set_pose(pose)
+        got = {k: v.copy() for k, v in moving.project_depth(frame.train_ids, (H, W), depth).items()}
+        flat = {k: v.copy() for k, v in moving.project(frame.train_ids, (H, W)).items()}
+        ref = fresh(pose)
+        want = ref.project_depth(frame.train_ids, (H, W), depth)
+        for name in want:
+            assert np.array_equal(got[name], want[name]), (pose, name)
+        assert moving.points_used == ref.points_used > 0
+        for name, grid_cells in ref.project(frame.train_ids, (H, W)).items():
+            assert np.array_equal(flat[name], grid_cells), (pose, name)
+        for name in AIMED:
+            assert np.array_equal(getattr(moving._geometry, name), getattr(ref._geometry, name)), (pose, name)
+        assert np.array_equal(moving._table.cells, ref._table.cells)
+        assert np.array_equal(moving._table.pixels, ref._table.pixels)
+        # kept, not rebuilt: the flat table always, the depth geometry while the stride holds
+        assert table is None or moving._table is table
+        if strides and moving._geometry.stride == strides[-1]:
+            assert moving._geometry is geometry
+        table, geometry = moving._table, moving._geometry
+        strides.append(geometry.stride)
+        first = first or got
+    assert set(strides) == {1, 2, 3}, strides
+    assert all(np.array_equal(first[name], got[name]) for name in got)  # back where it started
+
+
 def test_depth_decoder_and_registration():
     metres = np.array([[0.0, 1.5, 65.535], [2.25, 0.001, 10.0]], np.float32)
     mm = np.round(metres * 1000).astype("<u2")
@@ -170,6 +224,38 @@ def test_labelled_points_in_the_optical_frame(frame):
     assert (compact["confidence"] == 255).all()
 
 
+def same_points(a: np.ndarray, b: np.ndarray) -> bool:
+    """Field by field, bit for bit (NaN where there is no return); the two padding bytes are not compared."""
+    return a.shape == b.shape and all(a[f].tobytes() == b[f].tobytes() for f in POINT_DTYPE.names)
+
+
+@pytest.mark.parametrize("camera_hw, model_hw, depth_hw, stride", [
+    ((192, 384), (64, 128), (192, 384), 1), ((192, 384), (64, 128), (96, 192), 3),
+    ((480, 640), (256, 512), (240, 320), 4), ((100, 300), (64, 128), (100, 300), 2),
+    ((64, 128), (64, 128), (64, 128), 2), ((75, 101), (32, 48), (150, 202), 5)])
+def test_points_from_model_resolution_labels_equal_the_cloud_of_the_resized_mask(camera_hw, model_hw, depth_hw,
+                                                                                 stride):
+    """The cloud reads labels and confidence at its pixels from the model's arrays: the same cloud, byte for byte,
+    as the one built from the mask and confidence resized to the camera (nearest), organised or not."""
+    rng = np.random.default_rng(sum(camera_hw) + stride)
+    labels = rng.integers(0, 19, model_hw, dtype=np.uint8)
+    confidence = rng.integers(0, 256, model_hw, dtype=np.uint8)
+    depth = rng.uniform(0.5, 30.0, depth_hw).astype(np.float32)
+    depth[rng.random(depth_hw) < 0.2] = 0  # some pixels without a return
+    size = (camera_hw[1], camera_hw[0])
+    mask = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+    mask_confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_NEAREST)
+    k = Camera.for_image(*camera_hw).pinhole().k()
+    sampled, resized = projector(), projector()
+    for proj in (sampled, resized):
+        proj.set_intrinsics(k, camera_hw)
+    for organized in (True, False):
+        got, got_hw = sampled.points(labels, confidence, camera_hw, depth, stride, organized, cloud_hw=camera_hw)
+        want, want_hw = resized.points(mask, mask_confidence, camera_hw, depth, stride, organized)
+        assert got_hw == want_hw and same_points(got, want)
+        assert len(np.unique(got["label"])) > 1
+
+
 def test_costmap_iou_scores_depth_above_flat_ground(frame):
     proj = projector()
     k = Camera.for_image(H, W).pinhole().k()
@@ -187,3 +273,29 @@ def test_costmap_iou_scores_depth_above_flat_ground(frame):
     truth = np.where(frame.topdown == 255, -1, frame.topdown).astype(np.int8)
     resampled = resample_truth(truth, GRID.resolution, GRID.origin_x, GRID.origin_y, coarse)
     np.testing.assert_array_equal(resampled, frame.topdown[1::3, 1::3])
+
+
+@pytest.mark.parametrize("output_resolution", ["camera", "model"])
+def test_a_points_only_frame_computes_no_mask_and_the_cloud_it_had(tiny_onnx, output_resolution):
+    """seg_node with only semantic_points subscribed: the pipeline no longer resizes labels and confidence to the
+    camera, and the cloud equals the one built from the mask and confidence it used to compute (a real model)."""
+    from seg_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from seg_perception.core.pipeline import OutputRequest, SegPipeline
+
+    cam_hw = (96, 160)  # the model runs at 64x128: another size and aspect
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, cam_hw + (3,), dtype=np.uint8)
+    depth = rng.uniform(0.5, 30.0, (48, 80)).astype(np.float32)
+    proj, reference = projector(), projector()
+    for p in (proj, reference):
+        p.set_intrinsics(Camera.for_image(*cam_hw).pinhole().k(), cam_hw)
+    with OnnxRuntimeBackend(str(tiny_onnx), threads=1) as backend:
+        pipeline = SegPipeline(backend, output_resolution, proj, points_stride=3)
+        result = pipeline.process(rgb, OutputRequest(mask=False, points=True), depth_source=lambda: depth)
+        assert result.mask is None and result.confidence is None and result.points is not None
+        cloud, cloud_hw = result.points.copy(), result.points_hw
+        outputs = pipeline.process(rgb, OutputRequest(mask=True, confidence=True))
+        assert outputs.mask.shape == (cam_hw if output_resolution == "camera" else (64, 128))
+        want, want_hw = reference.points(outputs.mask, outputs.confidence, cam_hw, depth, 3)
+    assert cloud_hw == want_hw and same_points(cloud, want)
+    assert len(np.unique(cloud["label"])) > 1 and len(np.unique(cloud["confidence"])) > 1

@@ -5,8 +5,9 @@ camera pose. A point of an obstacle class between min and max obstacle height ma
 cost; a point of a ground class within min_obstacle_height of the ground marks its cell with the ground cost.
 Cells the rays cross on their way to a kept point are known free: per bearing from the camera, from the nearest
 ground the image can show out to the farthest kept point (a polar sweep, not a walk along every ray).
-Depth 0, NaN and inf are "no return". Pixel rays, bearings and the grid's polar table are cached per
-(intrinsics, pose, sizes), so a frame costs a few passes over the samples into reused buffers.
+Depth 0, NaN and inf are "no return". Pixel rays and buffers are kept per (intrinsics, sizes); a new camera pose
+re-aims the rays, bearings and the grid's polar table in place, so a frame costs a few passes over the samples into
+reused buffers, and a few more when the camera moved.
 """
 
 from __future__ import annotations
@@ -100,28 +101,47 @@ def check_registered(camera_hw: tuple[int, int], depth_hw: tuple[int, int]) -> N
                          f"{camera_hw[1]}x{camera_hw[0]} colour image: it is not registered to it")
 
 
+def nearest_source_pixels(source_hw: tuple[int, int], size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols), intp: the source row and column that cv2.resize(..., INTER_NEAREST) reads for each output row
+    and column when it resizes a uint8 image of source_hw to size_hw. Taken from OpenCV itself (the indices' bytes
+    resized as uint8 images), so it is what the resize does on this platform, not a re-derivation of its rounding."""
+    (sh, sw), (h, w) = source_hw, size_hw
+    row_bytes = np.arange(sh, dtype="<u4").view(np.uint8).reshape(sh, 4)  # one source row per image row
+    col_bytes = np.ascontiguousarray(np.arange(sw, dtype="<u4").view(np.uint8).reshape(sw, 4).T)  # per column
+    rows = cv2.resize(row_bytes, (4, h), interpolation=cv2.INTER_NEAREST)
+    cols = np.ascontiguousarray(cv2.resize(col_bytes, (w, 4), interpolation=cv2.INTER_NEAREST).T)
+    return rows.view("<u4").ravel().astype(np.intp), cols.view("<u4").ravel().astype(np.intp)
+
+
 class _Samples:
     """Pixels of a label grid (every `stride`-th) with the depth pixel each reads and that depth pixel's ray.
 
     The depth pixel is the one nearest the label pixel's centre; its ray (optical frame, z = 1) goes through its
-    own centre, so a correct depth gives an exact point wherever the label is right."""
+    own centre, so a correct depth gives an exact point wherever the label is right. `source_hw`: the size of the
+    array the labels are read from when it is not the label grid itself: each sample then reads the pixel a
+    nearest-neighbour resize to labels_hw would have put there."""
 
     def __init__(self, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
-                 labels_hw: tuple[int, int], depth_hw: tuple[int, int], stride: int) -> None:
+                 labels_hw: tuple[int, int], depth_hw: tuple[int, int], stride: int,
+                 source_hw: tuple[int, int] | None = None) -> None:
         check_registered(camera_hw, depth_hw)
         (lh, lw), (dh, dw) = labels_hw, depth_hw
         rows, cols = np.arange(0, lh, stride), np.arange(0, lw, stride)
         self.shape = (rows.size, cols.size)
-        self.label_index = (rows[:, None] * lw + cols[None, :]).ravel().astype(np.intp)
+        if source_hw is None or tuple(source_hw) == tuple(labels_hw):
+            self.label_index = (rows[:, None] * lw + cols[None, :]).ravel().astype(np.intp)
+        else:
+            src_rows, src_cols = nearest_source_pixels(source_hw, labels_hw)
+            self.label_index = (src_rows[rows, None] * source_hw[1] + src_cols[None, cols]).ravel()
         self.label_row = np.repeat(rows, cols.size)
         # label pixel centre -> nearest depth pixel (pixel centres at integer coordinates)
         drow = np.clip(np.round((rows + 0.5) * dh / lh - 0.5), 0, dh - 1).astype(np.intp)
         dcol = np.clip(np.round((cols + 0.5) * dw / lw - 0.5), 0, dw - 1).astype(np.intp)
         self.depth_index = (drow[:, None] * dw + dcol[None, :]).ravel()
         fx, fy, cx, cy = scaled_intrinsics(k, k_hw, depth_hw)  # of the depth image
-        ray_x = ((dcol - cx) / fx).astype(np.float32)
-        ray_y = ((drow - cy) / fy).astype(np.float32)
-        self.ray = np.stack([np.tile(ray_x, rows.size), np.repeat(ray_y, cols.size),
+        self.ray_x = ((dcol - cx) / fx).astype(np.float32)  # per sample column
+        self.ray_y = ((drow - cy) / fy).astype(np.float32)  # per sample row
+        self.ray = np.stack([np.tile(self.ray_x, rows.size), np.repeat(self.ray_y, cols.size),
                              np.ones(rows.size * cols.size, np.float32)])  # [3, n]
 
     @property
@@ -129,65 +149,139 @@ class _Samples:
         return self.label_index.size
 
 
-class _DepthGeometry:
-    """What project_depth needs that depends only on (intrinsics, pose, sizes, grid), plus its reused buffers.
+def _far_corner(grid: GridSpec, pose: CameraPose) -> float:
+    """Horizontal distance (m) from the camera to the grid's farthest corner."""
+    return max(math.hypot(x - pose.x, y - pose.y) for x in (grid.origin_x, grid.origin_x + grid.size_x)
+               for y in (grid.origin_y, grid.origin_y + grid.size_y))
 
-    Samples are every `stride`-th label pixel, no denser than half a cell at the grid's far corner. Points are
-    computed straight in cell units of a grid with a one-cell border, so a point off the grid lands on the border
-    after a clip, and a sample that marks nothing is sent to the corner cell 0: marking needs no compaction."""
+
+class _DepthGeometry:
+    """What project_depth needs besides the frame, and its reused buffers. Built once per (intrinsics, sizes,
+    grid, stride): the samples, their optical-frame rays, the cell centres; `aim` then rewrites in place, with no
+    allocation, what the camera pose changes: the rays in the grid frame, the camera's cell, the bearings, the
+    polar table and the flat-ground table's samples. A geometry aimed at a pose holds exactly what one built for
+    that pose from scratch holds.
+
+    Samples are every `stride`-th label pixel, no denser than half a cell at the grid's far corner (`stride_for`;
+    a pose that changes it needs a new geometry). Points are computed straight in cell units of a grid with a
+    one-cell border, so a point off the grid lands on the border after a clip, and a sample that marks nothing is
+    sent to the corner cell 0: marking needs no compaction."""
 
     def __init__(self, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
-                 labels_hw: tuple[int, int], depth_hw: tuple[int, int], grid: GridSpec, pose: CameraPose,
-                 table_cells: np.ndarray, table_pixels: np.ndarray) -> None:
-        far = max(math.hypot(x - pose.x, y - pose.y) for x in (grid.origin_x, grid.origin_x + grid.size_x)
-                  for y in (grid.origin_y, grid.origin_y + grid.size_y))
-        focal_labels = k[0, 0] * labels_hw[1] / k_hw[1]  # label pixels per unit of tan(angle)
-        self.stride = max(1, int(0.5 * grid.resolution * focal_labels / max(far, grid.resolution)))
-        samples = self.samples = _Samples(k, k_hw, camera_hw, labels_hw, depth_hw, self.stride)
-        n = samples.size
+                 labels_hw: tuple[int, int], depth_hw: tuple[int, int], grid: GridSpec, stride: int) -> None:
+        self.grid, self.labels_hw, self.stride = grid, labels_hw, stride
+        self.focal_labels = k[0, 0] * labels_hw[1] / k_hw[1]  # label pixels per unit of tan(angle)
+        samples = self.samples = _Samples(k, k_hw, camera_hw, labels_hw, depth_hw, stride)
+        n, n_cells = samples.size, grid.height * grid.width
         self.allowed = samples.label_row < labels_hw[0] * (1 - grid.ignore_bottom)  # the hood rows never mark
-        dx, dy, dz = (rotation_grid_from_optical(pose) @ samples.ray).astype(np.float32)  # grid frame, per metre
         self.width, self.height = grid.width + 2, grid.height + 2  # with the border
-        self.col_per_metre = dx / np.float32(grid.resolution)
-        self.row_per_metre = dy / np.float32(grid.resolution)
-        self.col_at_camera = np.float32((pose.x - grid.origin_x) / grid.resolution + 1)
-        self.row_at_camera = np.float32((pose.y - grid.origin_y) / grid.resolution + 1)
-        self.z_per_metre, self.camera_z = dz, np.float32(pose.height)
-        self.reach_per_metre = np.hypot(dx, dy)  # horizontal distance travelled per metre of depth
-        # polar table: bearing bins no narrower than a cell at the far corner and wide enough for a sample column
-        bin_width = max(grid.resolution / max(far, grid.resolution), 1.5 * self.stride / max(focal_labels, 1e-6))
-        self.bins = int(math.ceil(2 * math.pi / bin_width))
-        self.sample_bin = self._bin(np.arctan2(dy, dx))
-        # the nearest ground each bearing can show: rays that point down meet z = 0 at this horizontal range
-        down = (dz < -1e-6) & self.allowed
-        ground_reach = np.full(n, np.inf, np.float32)
-        ground_reach[down] = pose.height / -dz[down] * self.reach_per_metre[down]
-        near = np.full(self.bins, np.inf, np.float32)
-        np.minimum.at(near, self.sample_bin, ground_reach)
+        # per sample: its ray in the grid frame, per metre of depth. A ray is (x of its column, y of its row, 1), so
+        # R @ ray is a column term plus a row term: two small products and one pass per axis over the samples.
+        self._ray_x, self._ray_y = samples.ray_x.astype(np.float64), samples.ray_y.astype(np.float64)
+        self._column_term, self._row_term = np.empty((3, samples.shape[1])), np.empty((3, samples.shape[0]))
+        self._direction = np.empty((3, n), np.float32)
+        self.z_per_metre = self._direction[2]
+        self.col_per_metre, self.row_per_metre, self.reach_per_metre = (np.empty(n, np.float32) for _ in range(3))
+        self.sample_bin = np.empty(n, np.intp)
+        self._angle, self._ground_reach, self._down = np.empty(n, np.float32), np.empty(n, np.float32), \
+            np.empty(n, bool)
+        # per cell: where it lies from the camera
         xs, ys = grid.cell_centres()
-        rel_x, rel_y = (xs - pose.x).ravel(), (ys - pose.y).ravel()
-        self.cell_bin = self._bin(np.arctan2(rel_y, rel_x))
-        self.cell_range = np.hypot(rel_x, rel_y).astype(np.float32)
-        self.cell_near = near[self.cell_bin]
-        # the flat-ground table's cells (bordered index) and the sample nearest each one's label pixel
-        rows, cols = np.divmod(table_pixels, labels_hw[1])
-        n_rows, n_cols = samples.shape
-        self.table_sample = (np.minimum(rows // self.stride, n_rows - 1) * n_cols
-                             + np.minimum(cols // self.stride, n_cols - 1)).astype(np.intp)
-        t_rows, t_cols = np.divmod(table_cells, grid.width)
-        self.table_cell = ((t_rows + 1) * self.width + t_cols + 1).astype(np.intp)
-        m, n_cells = table_cells.size, grid.height * grid.width
+        self._xs, self._ys = xs.ravel(), ys.ravel()
+        self._rel_x, self._rel_y, self._cell_angle = np.empty(n_cells), np.empty(n_cells), np.empty(n_cells)
+        self.cell_bin, self.cell_range = np.empty(n_cells, np.intp), np.empty(n_cells, np.float32)
+        self.cell_near = np.empty(n_cells, np.float32)
+        self._cells_from: tuple | None = None  # (x, y, bins) that cell_bin and cell_range are for
+        # per flat-ground table entry (at most every cell), viewed at the table's length by `aim`
+        self._table_sample, self._table_cell, self._table_scratch = (np.empty(n_cells, np.intp) for _ in range(3))
+        self._table_capacity = {"table_off": np.empty(n_cells, bool), "table_label": np.empty(n_cells, np.uint8),
+                                "table_costs": np.empty(n_cells, np.int8), "table_marks": np.empty(n_cells, np.intp)}
+        self.bins = 0
+        self._near = self._farthest = np.empty(0, np.float32)  # per bearing bin, grown when a pose needs more
         self.buffers = {**{name: np.empty(n, np.float32) for name in ("d", "z", "tmp", "reach")},
                         **{name: np.empty(n, bool) for name in ("keep", "mark", "ground", "obstacle", "band")},
                         "label": np.empty(n, np.uint8), "costs": np.empty(n, np.int8), "mm": np.empty(n, np.uint16),
                         "col": np.empty(n, np.intp), "row": np.empty(n, np.intp), "cell": np.empty(n, np.intp),
-                        "farthest": np.empty(self.bins, np.float32), "cell_reach": np.empty(n_cells, np.float32),
-                        "seen": np.empty(n_cells, bool), "cell_mark": np.empty(n_cells, bool),
-                        "table_off": np.empty(m, bool), "table_label": np.empty(m, np.uint8),
-                        "table_costs": np.empty(m, np.int8), "table_marks": np.empty(m, np.intp)}
+                        "cell_reach": np.empty(n_cells, np.float32), "seen": np.empty(n_cells, bool),
+                        "cell_mark": np.empty(n_cells, bool)}
 
-    def _bin(self, angle: np.ndarray) -> np.ndarray:
-        return np.minimum(((angle + math.pi) * (self.bins / (2 * math.pi))).astype(np.intp), self.bins - 1)
+    @staticmethod
+    def stride_for(k: np.ndarray, k_hw: tuple[int, int], labels_hw: tuple[int, int], grid: GridSpec,
+                   pose: CameraPose) -> int:
+        focal_labels = k[0, 0] * labels_hw[1] / k_hw[1]
+        return max(1, int(0.5 * grid.resolution * focal_labels / max(_far_corner(grid, pose), grid.resolution)))
+
+    def aim(self, pose: CameraPose, table_cells: np.ndarray, table_pixels: np.ndarray) -> None:
+        """Rewrite everything the pose changes; table_*: the flat-ground table for this pose."""
+        grid, resolution = self.grid, np.float32(self.grid.resolution)
+        far = _far_corner(grid, pose)
+        rotation = rotation_grid_from_optical(pose)
+        np.multiply(rotation[:, :1], self._ray_x, out=self._column_term)
+        np.multiply(rotation[:, 1:2], self._ray_y, out=self._row_term)
+        self._row_term += rotation[:, 2:]
+        for column_term, row_term, out in zip(self._column_term, self._row_term, self._direction):
+            # summed in float64, rounded once into float32
+            np.add(row_term[:, None], column_term, out=out.reshape(self.samples.shape), casting="same_kind")
+        dx, dy, dz = self._direction
+        np.divide(dx, resolution, out=self.col_per_metre)
+        np.divide(dy, resolution, out=self.row_per_metre)
+        self.col_at_camera = np.float32((pose.x - grid.origin_x) / grid.resolution + 1)
+        self.row_at_camera = np.float32((pose.y - grid.origin_y) / grid.resolution + 1)
+        self.camera_z = np.float32(pose.height)
+        np.hypot(dx, dy, out=self.reach_per_metre)  # horizontal distance travelled per metre of depth
+        # polar table: bearing bins no narrower than a cell at the far corner and wide enough for a sample column
+        bin_width = max(grid.resolution / max(far, grid.resolution), 1.5 * self.stride / max(self.focal_labels, 1e-6))
+        self.bins = int(math.ceil(2 * math.pi / bin_width))
+        if self.bins > self._near.size:
+            self._near, self._farthest = np.empty(2 * self.bins, np.float32), np.empty(2 * self.bins, np.float32)
+        self.buffers["farthest"] = self._farthest[: self.bins]
+        np.arctan2(dy, dx, out=self._angle)
+        self._bin(self._angle, self.sample_bin)
+        # the nearest ground each bearing can show: rays that point down meet z = 0 at this horizontal range
+        down, ground_reach = self._down, self._ground_reach
+        np.less(dz, -1e-6, out=down)
+        down &= self.allowed
+        np.negative(dz, out=ground_reach)
+        np.maximum(ground_reach, 1e-6, out=ground_reach)  # rays that do not point down: set to inf below
+        np.divide(float(pose.height), ground_reach, out=ground_reach)
+        ground_reach *= self.reach_per_metre
+        np.logical_not(down, out=down)
+        np.copyto(ground_reach, np.inf, where=down)
+        near = self._near[: self.bins]
+        near.fill(np.inf)
+        np.minimum.at(near, self.sample_bin, ground_reach)
+        if self._cells_from != (pose.x, pose.y, self.bins):  # a camera that only turns keeps these
+            np.subtract(self._xs, pose.x, out=self._rel_x)
+            np.subtract(self._ys, pose.y, out=self._rel_y)
+            np.arctan2(self._rel_y, self._rel_x, out=self._cell_angle)
+            self._bin(self._cell_angle, self.cell_bin)
+            np.hypot(self._rel_x, self._rel_y, out=self._cell_angle)
+            np.copyto(self.cell_range, self._cell_angle, casting="same_kind")
+            self._cells_from = (pose.x, pose.y, self.bins)
+        np.take(near, self.cell_bin, out=self.cell_near)
+        # the flat-ground table's cells (bordered index) and the sample nearest each one's label pixel
+        m, stride, (n_rows, n_cols) = table_cells.size, self.stride, self.samples.shape
+        sample, cell, scratch = self._table_sample[:m], self._table_cell[:m], self._table_scratch[:m]
+        np.divmod(table_pixels, self.labels_hw[1], out=(sample, scratch))  # label row, column
+        for values, last in ((sample, n_rows - 1), (scratch, n_cols - 1)):
+            values //= stride
+            np.minimum(values, last, out=values)
+        sample *= n_cols
+        sample += scratch
+        np.divmod(table_cells, grid.width, out=(cell, scratch))  # grid row, column
+        cell += 1
+        cell *= self.width
+        cell += scratch
+        cell += 1
+        self.table_sample, self.table_cell = sample, cell
+        self.buffers.update({name: buffer[:m] for name, buffer in self._table_capacity.items()})
+
+    def _bin(self, angle: np.ndarray, out: np.ndarray) -> None:
+        """out = the bearing bin of each angle (radians); angle is overwritten."""
+        angle += math.pi
+        angle *= self.bins / (2 * math.pi)
+        np.copyto(out, angle, casting="unsafe")
+        np.minimum(out, self.bins - 1, out=out)
 
 
 def _lut(table: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
@@ -219,7 +313,8 @@ class DepthProjector(GroundProjector):
                             for name in self._luts}
         self._depth_grids = {name: flat.reshape(grid.height + 2, grid.width + 2)[1:-1, 1:-1]
                              for name, flat in self._depth_flat.items()}
-        self._geometry_key: tuple | None = None
+        self._geometry_key: tuple | None = None  # (K, sizes, stride) of self._geometry
+        self._geometry_pose: CameraPose | None = None  # the pose self._geometry is aimed at
         self._cloud_key: tuple | None = None
         self.points_used = 0  # samples that marked a cell in the latest project_depth
 
@@ -316,27 +411,35 @@ class DepthProjector(GroundProjector):
 
     def _ensure_geometry(self, intrinsics, camera_hw, labels_hw, depth_hw) -> _DepthGeometry:
         k, k_hw = intrinsics
-        self._ensure_table(intrinsics, labels_hw, camera_hw)  # the flat-ground table, cached by GroundProjector
-        key = (k.tobytes(), k_hw, camera_hw, labels_hw, depth_hw, self._pose)
+        table = self._ensure_table(intrinsics, labels_hw, camera_hw)  # the flat-ground table, kept by GroundProjector
+        pose = self._pose
+        key = (k.tobytes(), k_hw, camera_hw, labels_hw, depth_hw,
+               _DepthGeometry.stride_for(k, k_hw, labels_hw, self.grid, pose))
         if key != self._geometry_key:
-            self._geometry = _DepthGeometry(k, k_hw, camera_hw, labels_hw, depth_hw, self.grid, self._pose,
-                                            self._cells, self._pixels)
-            self._geometry_key = key
+            self._geometry = _DepthGeometry(k, k_hw, camera_hw, labels_hw, depth_hw, self.grid, key[-1])
+            self._geometry_key, self._geometry_pose = key, None
+        if pose != self._geometry_pose:
+            self._geometry.aim(pose, table.cells, table.pixels)
+            self._geometry_pose = pose
         return self._geometry
 
     # --- labelled point cloud ----------------------------------------------------------------------
     def points(self, labels: np.ndarray, confidence: np.ndarray | None, camera_hw: tuple[int, int],
-               depth: np.ndarray, stride: int = 1, organized: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
-        """Points of every `stride`-th pixel of `labels` in the camera's optical frame (x right, y down, z
-        forward) as a POINT_DTYPE array, and its (height, width): the decimated grid when `organized` (no return
-        = NaN), else (1, n) with only the points that have a return. Valid until the next call."""
+               depth: np.ndarray, stride: int = 1, organized: bool = True,
+               cloud_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        """Points of every `stride`-th pixel of a cloud_hw image (default: labels' own size) in the camera's
+        optical frame (x right, y down, z forward) as a POINT_DTYPE array, and its (height, width): the decimated
+        grid when `organized` (no return = NaN), else (1, n) with only the points that have a return. Labels and
+        confidence (uint8, any one size, e.g. the model's) are read at each point's pixel exactly as a
+        nearest-neighbour resize to cloud_hw would give them, without resizing them. Valid until the next call."""
         intrinsics = self._intrinsics
         if intrinsics is None:
             raise DepthError("no intrinsics yet")
         k, k_hw = intrinsics
-        key = (k.tobytes(), k_hw, tuple(camera_hw), labels.shape, depth.shape, stride)
+        cloud_hw = tuple(cloud_hw or labels.shape)
+        key = (k.tobytes(), k_hw, tuple(camera_hw), cloud_hw, labels.shape, depth.shape, stride)
         if key != self._cloud_key:
-            self._cloud = _Samples(k, k_hw, tuple(camera_hw), labels.shape, depth.shape, stride)
+            self._cloud = _Samples(k, k_hw, tuple(camera_hw), cloud_hw, depth.shape, stride, labels.shape)
             n = self._cloud.size
             self._cloud_buf = {"points": np.empty(n, POINT_DTYPE), "compact": np.empty(n, POINT_DTYPE),
                                "valid": np.empty(n, bool), "other": np.empty(n, bool), "mm": np.empty(n, np.uint16)}

@@ -7,7 +7,7 @@ what is deployed. Output arrays are views into buffers the pipeline reuses: vali
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -104,8 +104,6 @@ class SegPipeline:
         (depth_costmap.DepthDecoder's output), or None: then the depth-built layers are unknown for this frame
         and there are no points."""
         request = request or OutputRequest()
-        if request.points:  # the cloud carries the published mask and confidence
-            request = replace(request, mask=True, confidence=True)
         tracer = self.tracer
         cam_hw = rgb.shape[:2]
         h, w = self.info.input_size
@@ -144,8 +142,11 @@ class SegPipeline:
                 if request.costmaps:
                     result.costmaps = self.projector.project_depth(out.labels, cam_hw, depth)
                 if request.points and depth is not None and self.projector.ready:
+                    # the cloud samples the published mask's pixels, read from the model's labels and confidence
+                    cloud_hw = cam_hw if self.output_resolution == "camera" else out.labels.shape
                     result.points, result.points_hw = self.projector.points(
-                        result.mask, result.confidence, cam_hw, depth, self.points_stride, self.points_organized)
+                        out.labels, out.confidence, cam_hw, depth, self.points_stride, self.points_organized,
+                        cloud_hw)
             tracer.span(slot, trace.COSTMAP, t3)
         return result
 
