@@ -210,53 +210,53 @@ class GroundRemapTable:
         self.grid, self.camera_hw, self.labels_hw = grid, camera_hw, labels_hw
         # Intrinsics may describe another image size than the stream (binning, resized camera_info).
         self.fx, self.fy, self.cx, self.cy = scaled_intrinsics(k, k_hw, camera_hw)
-        xs, ys = grid.cell_centres()
-        self._xs, self._ys = xs.ravel(), ys.ravel()
-        n = xs.size
+        self._xs = grid.origin_x + (np.arange(grid.width) + 0.5) * grid.resolution  # as cell_centres() has them
+        self._ys = grid.origin_y + (np.arange(grid.height) + 0.5) * grid.resolution
+        n = grid.height * grid.width
         self._ids = np.arange(n, dtype=np.intp)
-        self._rel, self._opt = np.empty((n, 3)), np.empty((n, 3))  # cell centre from the camera: grid, optical
-        self._u, self._v, self._zs = np.empty(n), np.empty(n), np.empty(n)
-        self._visible, self._test = np.empty(n, bool), np.empty(n, bool)
+        # A cell centre in the optical frame is a term of its column plus a term of its row (R^T (P - t) with P on
+        # z = 0), so each axis is one broadcast sum over the grid: x, y, z, then the label column, row and index.
+        self._column_terms, self._row_terms = np.empty((3, grid.width)), np.empty((3, grid.height))
+        self._x, self._y, self._z = (np.empty((grid.height, grid.width)) for _ in range(3))
+        self._visible, self._test = np.empty((grid.height, grid.width), bool), np.empty((grid.height, grid.width), bool)
         self._cells, self._pixels, self._pixel_values = np.empty(n, np.intp), np.empty(n, np.intp), np.empty(n)
         self.cells = self.pixels = self._cells[:0]
 
     def aim(self, pose: CameraPose) -> None:
         (lh, lw), (ch, cw), grid = self.labels_hw, self.camera_hw, self.grid
-        rel, opt, u, v, zs, visible, test = (self._rel, self._opt, self._u, self._v, self._zs, self._visible,
-                                             self._test)
-        np.subtract(self._xs, pose.x, out=rel[:, 0])
-        np.subtract(self._ys, pose.y, out=rel[:, 1])
-        rel[:, 2] = -pose.height
-        np.matmul(rel, rotation_grid_from_optical(pose), out=opt)  # row-vector form of R^T (P - t)
-        z = opt[:, 2]
+        x, y, z, visible, test = self._x, self._y, self._z, self._visible, self._test
+        rotation = rotation_grid_from_optical(pose)
+        np.multiply(rotation[0][:, None], self._xs - pose.x, out=self._column_terms)
+        np.multiply(rotation[1][:, None], self._ys - pose.y, out=self._row_terms)
+        self._row_terms -= pose.height * rotation[2][:, None]
+        for column_term, row_term, out in zip(self._column_terms, self._row_terms, (x, y, z)):
+            np.add(row_term[:, None], column_term, out=out)
         np.greater(z, 1e-6, out=visible)  # in front of the camera
-        np.copyto(zs, z)
         np.logical_not(visible, out=test)
-        np.copyto(zs, 1.0, where=test)
+        np.copyto(z, 1.0, where=test)
         # Pixel centres sit at integer coordinates; map camera pixels onto the label grid.
-        for out, axis, f, c, label_size, camera_size in ((u, 0, self.fx, self.cx, lw, cw),
-                                                          (v, 1, self.fy, self.cy, lh, ch)):
-            np.multiply(opt[:, axis], f, out=out)
-            out /= zs
+        for out, f, c, label_size, camera_size in ((x, self.fx, self.cx, lw, cw), (y, self.fy, self.cy, lh, ch)):
+            out *= f
+            out /= z
             out += c
             out += 0.5
             out *= label_size
             out /= camera_size
-            np.floor(out, out=out)  # the label column (u) and row (v)
-        for values, op, bound in ((u, np.greater_equal, 0), (u, np.less, lw), (v, np.greater_equal, 0),
-                                  (v, np.less, lh * (1 - grid.ignore_bottom))):
+            np.floor(out, out=out)  # x: the label column, y: the label row
+        for values, op, bound in ((x, np.greater_equal, 0), (x, np.less, lw), (y, np.greater_equal, 0),
+                                  (y, np.less, lh * (1 - grid.ignore_bottom))):
             op(values, bound, out=test)
             visible &= test
         if grid.max_range > 0:
-            np.hypot(rel[:, 0], rel[:, 1], out=zs)
-            np.less_equal(zs, grid.max_range, out=test)
+            np.hypot((self._ys - pose.y)[:, None], self._xs - pose.x, out=z)
+            np.less_equal(z, grid.max_range, out=test)
             visible &= test
         m = int(np.count_nonzero(visible))
         self.cells, self.pixels, values = self._cells[:m], self._pixels[:m], self._pixel_values[:m]
-        np.compress(visible, self._ids, out=self.cells)
-        v *= lw
-        v += u
-        np.compress(visible, v, out=values)
+        np.compress(visible.reshape(-1), self._ids, out=self.cells)
+        y *= lw
+        y += x
+        np.compress(visible.reshape(-1), y.reshape(-1), out=values)
         np.copyto(self.pixels, values, casting="unsafe")
 
 

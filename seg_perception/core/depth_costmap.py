@@ -183,12 +183,10 @@ class _DepthGeometry:
         self.z_per_metre = self._direction[2]
         self.col_per_metre, self.row_per_metre, self.reach_per_metre = (np.empty(n, np.float32) for _ in range(3))
         self.sample_bin = np.empty(n, np.intp)
-        self._angle, self._ground_reach, self._down = np.empty(n, np.float32), np.empty(n, np.float32), \
-            np.empty(n, bool)
-        # per cell: where it lies from the camera
-        xs, ys = grid.cell_centres()
-        self._xs, self._ys = xs.ravel(), ys.ravel()
-        self._rel_x, self._rel_y, self._cell_angle = np.empty(n_cells), np.empty(n_cells), np.empty(n_cells)
+        # per cell: where it lies from the camera (x of its column, y of its row)
+        self._xs = grid.origin_x + (np.arange(grid.width) + 0.5) * grid.resolution  # as cell_centres() has them
+        self._ys = grid.origin_y + (np.arange(grid.height) + 0.5) * grid.resolution
+        self._cell_angle = np.empty((grid.height, grid.width))
         self.cell_bin, self.cell_range = np.empty(n_cells, np.intp), np.empty(n_cells, np.float32)
         self.cell_near = np.empty(n_cells, np.float32)
         self._cells_from: tuple | None = None  # (x, y, bins) that cell_bin and cell_range are for
@@ -235,10 +233,11 @@ class _DepthGeometry:
         if self.bins > self._near.size:
             self._near, self._farthest = np.empty(2 * self.bins, np.float32), np.empty(2 * self.bins, np.float32)
         self.buffers["farthest"] = self._farthest[: self.bins]
-        np.arctan2(dy, dx, out=self._angle)
-        self._bin(self._angle, self.sample_bin)
+        # (the frame's scratch buffers serve here too: fewer buffers stay warmer in the cache)
+        angle, ground_reach, down = self.buffers["tmp"], self.buffers["z"], self.buffers["mark"]
+        np.arctan2(dy, dx, out=angle)
+        self._bin(angle, self.sample_bin)
         # the nearest ground each bearing can show: rays that point down meet z = 0 at this horizontal range
-        down, ground_reach = self._down, self._ground_reach
         np.less(dz, -1e-6, out=down)
         down &= self.allowed
         np.negative(dz, out=ground_reach)
@@ -251,12 +250,11 @@ class _DepthGeometry:
         near.fill(np.inf)
         np.minimum.at(near, self.sample_bin, ground_reach)
         if self._cells_from != (pose.x, pose.y, self.bins):  # a camera that only turns keeps these
-            np.subtract(self._xs, pose.x, out=self._rel_x)
-            np.subtract(self._ys, pose.y, out=self._rel_y)
-            np.arctan2(self._rel_y, self._rel_x, out=self._cell_angle)
-            self._bin(self._cell_angle, self.cell_bin)
-            np.hypot(self._rel_x, self._rel_y, out=self._cell_angle)
-            np.copyto(self.cell_range, self._cell_angle, casting="same_kind")
+            rel_x, rel_y = self._xs - pose.x, (self._ys - pose.y)[:, None]
+            np.arctan2(rel_y, rel_x, out=self._cell_angle)
+            self._bin(self._cell_angle, self.cell_bin.reshape(self._cell_angle.shape))
+            np.hypot(rel_x, rel_y, out=self._cell_angle)
+            np.copyto(self.cell_range.reshape(self._cell_angle.shape), self._cell_angle, casting="same_kind")
             self._cells_from = (pose.x, pose.y, self.bins)
         np.take(near, self.cell_bin, out=self.cell_near)
         # the flat-ground table's cells (bordered index) and the sample nearest each one's label pixel
