@@ -6,6 +6,8 @@ each report naming the model card's classes and holding the confusion matrix cou
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -163,3 +165,29 @@ def test_eval_bag_and_bags_score_the_models_own_classes(own_model, tmp_path):
     fleet = json.loads((tmp_path / "fleet" / "report.json").read_text())
     assert fleet["classes"] == NAMES and fleet["confusion_matrix"] == report["confusion_matrix"]
     assert fleet["bags"][0]["miou"] == report["miou"]
+
+
+def huge_png(path, height: int, width: int) -> None:
+    """A valid all-zero 8-bit grey PNG of that size, written row by row: a small file for a huge image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate, row, body = zlib.compressobj(9), bytes(width + 1), bytearray()  # filter byte 0, then the row
+    for _ in range(height):
+        body += deflate.compress(row)
+    body += deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", bytes(body))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_small_file_claiming_a_huge_image_is_refused_before_decoding(own_model, tmp_path, capsys):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "a.png"), np.zeros((H, W, 3), np.uint8))
+    huge_png(tmp_path / "lab" / "a.png", 8000, 8000)  # 64 MP, over the 50 MP limit; OpenCV would decode it
+    assert cv2.imread(str(tmp_path / "lab" / "a.png"), cv2.IMREAD_UNCHANGED).shape == (8000, 8000)
+    assert main(["eval", "folder", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"), "--model",
+                 str(own_model), "--out", str(tmp_path / "r.json"), "--threads", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "8000x8000 label image is 64000000 pixels, more than" in err and "a.png" in err

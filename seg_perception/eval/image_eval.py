@@ -16,8 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seg_perception.core.image_codec import MAX_PIXELS, ImageDecodeError, check_pixels, compressed_size
 from seg_perception.eval import EvalError
 from seg_perception.eval.inference import InferenceConfig, Predictor
+
+_HEADER_BYTES = 1 << 20  # where a PNG's or JPEG's size is found (a JPEG's frame header follows its EXIF blocks)
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,20 @@ class Sample:
     image: Path  # the camera image (may not exist when predictions are given)
 
 
+def check_size(path: Path, what: str) -> None:
+    """Refuse a file that is not a PNG or JPEG, or one whose header claims more than MAX_PIXELS, before decoding
+    it: a small file can claim a huge image."""
+    try:
+        with open(path, "rb") as f:
+            head = np.frombuffer(f.read(_HEADER_BYTES), np.uint8)
+        check_pixels(*compressed_size(head), MAX_PIXELS, what)
+    except (OSError, ImageDecodeError) as exc:
+        raise EvalError(f"cannot read {what} '{path}': {exc}") from None
+
+
 def read_ids(path: Path) -> np.ndarray:
     """A single-channel label or instance PNG as stored (8 or 16 bit); palette PNGs give their indices."""
+    check_size(path, "label image")
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise EvalError(f"cannot read image '{path}'")
@@ -44,6 +59,7 @@ def read_ids(path: Path) -> np.ndarray:
 
 
 def read_rgb(path: Path) -> np.ndarray:
+    check_size(path, "image")
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise EvalError(f"cannot read image '{path}'")
