@@ -139,10 +139,9 @@ class _Samples:
         dcol = np.clip(np.round((cols + 0.5) * dw / lw - 0.5), 0, dw - 1).astype(np.intp)
         self.depth_index = (drow[:, None] * dw + dcol[None, :]).ravel()
         fx, fy, cx, cy = scaled_intrinsics(k, k_hw, depth_hw)  # of the depth image
-        self.ray_x = ((dcol - cx) / fx).astype(np.float32)  # per sample column
-        self.ray_y = ((drow - cy) / fy).astype(np.float32)  # per sample row
-        self.ray = np.stack([np.tile(self.ray_x, rows.size), np.repeat(self.ray_y, cols.size),
-                             np.ones(rows.size * cols.size, np.float32)])  # [3, n]
+        # a sample's ray is (ray_x of its column, ray_y of its row, 1)
+        self.ray_x = ((dcol - cx) / fx).astype(np.float32)
+        self.ray_y = ((drow - cy) / fy).astype(np.float32)
 
     @property
     def size(self) -> int:
@@ -175,8 +174,8 @@ class _DepthGeometry:
         n, n_cells = samples.size, grid.height * grid.width
         self.allowed = samples.label_row < labels_hw[0] * (1 - grid.ignore_bottom)  # the hood rows never mark
         self.width, self.height = grid.width + 2, grid.height + 2  # with the border
-        # per sample: its ray in the grid frame, per metre of depth. A ray is (x of its column, y of its row, 1), so
-        # R @ ray is a column term plus a row term: two small products and one pass per axis over the samples.
+        # per sample: its ray in the grid frame, per metre of depth. A ray is (x of its column, y of its row, 1),
+        # so R @ ray is a column term plus a row term: two small products and one pass per axis over the samples.
         self._ray_x, self._ray_y = samples.ray_x.astype(np.float64), samples.ray_y.astype(np.float64)
         self._column_term, self._row_term = np.empty((3, samples.shape[1])), np.empty((3, samples.shape[0]))
         self._direction = np.empty((3, n), np.float32)
@@ -452,8 +451,9 @@ class DepthProjector(GroundProjector):
         valid &= b["other"]
         np.logical_not(valid, out=b["other"])
         np.copyto(z, np.nan, where=b["other"])
-        np.multiply(z, s.ray[0], out=pts["x"])
-        np.multiply(z, s.ray[1], out=pts["y"])
+        grid = pts.reshape(s.shape)  # a view: the samples row by row
+        np.multiply(grid["z"], s.ray_x, out=grid["x"])
+        np.multiply(grid["z"], s.ray_y[:, None], out=grid["y"])
         np.take(labels.reshape(-1), s.label_index, out=pts["label"])
         if confidence is None:
             pts["confidence"] = 255
