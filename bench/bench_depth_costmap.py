@@ -63,7 +63,8 @@ def interleaved_medians(cases: dict, runs: int) -> dict[str, float]:
 
 def points_cases(projector_for, labels: np.ndarray, confidence: np.ndarray, cam_hw: tuple[int, int], depth,
                  stride: int) -> dict:
-    """A points-only frame, before (resize to the camera, then sample) and now (sample the model's arrays)."""
+    """A points-only frame, before (resize to the camera, then sample) and now (sample the model's arrays), each
+    on its own projector (projector_for() makes one), so that each keeps its cloud's samples."""
     size = (cam_hw[1], cam_hw[0])
     mask, mask_confidence = np.empty(cam_hw, np.uint8), np.empty(cam_hw, np.uint8)
     before, now = projector_for(), projector_for()
@@ -139,9 +140,14 @@ def in_process(model: Path, frame, runs: int) -> dict[str, float]:
         inference = median_ms(lambda: backend.infer(rgb), 3)
         labels = backend.infer(rgb).labels.copy()
         class_names = backend.info.class_names
-    projector, _ = node_projector({"camera_height": CAMERA_HEIGHT_M, "camera_pitch": 0.0,
-                                   "costmap_ignore_bottom": HOOD_FRACTION[1]}, class_names)
-    projector.set_intrinsics(Camera.for_image(H, W).pinhole().k(), (H, W))
+
+    def new_projector():
+        proj, _ = node_projector({"camera_height": CAMERA_HEIGHT_M, "camera_pitch": 0.0,
+                                  "costmap_ignore_bottom": HOOD_FRACTION[1]}, class_names)
+        proj.set_intrinsics(Camera.for_image(H, W).pinhole().k(), (H, W))
+        return proj
+
+    projector = new_projector()
     confidence = np.full(labels.shape, 200, np.uint8)
     grid = GridSpec()
     millimetres = np.round(frame.depth * 1000)
@@ -154,7 +160,7 @@ def in_process(model: Path, frame, runs: int) -> dict[str, float]:
             "depth (16UC1 millimetres)": median_ms(lambda: projector.project_depth(labels, (H, W), millimetres),
                                                    runs),
             "depth, first frame (tables)": first,
-            **interleaved_medians(points_cases(lambda: projector, labels, confidence, (H, W), frame.depth, 4), runs),
+            **interleaved_medians(points_cases(new_projector, labels, confidence, (H, W), frame.depth, 4), runs),
             "grid cells": grid.width * grid.height, "labels": labels.size}
 
 
