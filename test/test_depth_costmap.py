@@ -254,6 +254,7 @@ def test_points_from_model_resolution_labels_equal_the_cloud_of_the_resized_mask
         want, want_hw = resized.points(mask, mask_confidence, camera_hw, depth, stride, organized)
         assert got_hw == want_hw and same_points(got, want)
         assert len(np.unique(got["label"])) > 1
+        assert not got.view(np.uint8).reshape(-1, POINT_DTYPE.itemsize)[:, 14:].any()  # padding goes out as zeros
 
 
 def test_costmap_iou_scores_depth_above_flat_ground(frame):

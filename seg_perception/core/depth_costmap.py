@@ -438,7 +438,8 @@ class DepthProjector(GroundProjector):
         if key != self._cloud_key:
             self._cloud = _Samples(k, k_hw, tuple(camera_hw), cloud_hw, depth.shape, stride, labels.shape)
             n = self._cloud.size
-            self._cloud_buf = {"points": np.empty(n, POINT_DTYPE), "compact": np.empty(n, POINT_DTYPE),
+            # zeros: the two padding bytes of each point are never written, and they go out in the message
+            self._cloud_buf = {"points": np.zeros(n, POINT_DTYPE), "compact": np.zeros(n, POINT_DTYPE),
                                "valid": np.empty(n, bool), "other": np.empty(n, bool), "mm": np.empty(n, np.uint16)}
             self._cloud_key = key
         s, b = self._cloud, self._cloud_buf
