@@ -67,6 +67,7 @@ setup(
         "console_scripts": [
             "seg-perception = seg_perception.cli:main",
             "seg_node = seg_perception.ros.node:main",
+            "seg_lifecycle_node = seg_perception.ros.lifecycle_node:main",
         ],
     },
 )

@@ -98,15 +98,16 @@ def half_road(tmp_path_factory) -> Path:
 
 # --- the node process ----------------------------------------------------------------------------
 class NodeProcess:
-    def __init__(self, env: dict, tmp_path: Path, params: dict, ros_args: tuple[str, ...] = (), name: str = "seg_node"
-                 ) -> None:
-        """`ros_args`: more command-line ROS arguments (remaps such as `-r __ns:=/robot1`)."""
+    def __init__(self, env: dict, tmp_path: Path, params: dict, ros_args: tuple[str, ...] = (), name: str = "seg_node",
+                 module: str = "seg_perception.ros.node") -> None:
+        """`ros_args`: more command-line ROS arguments (remaps such as `-r __ns:=/robot1`); `module`: the node's
+        (seg_perception.ros.lifecycle_node for the managed one)."""
         self.params_file = tmp_path / f"{name}.params.yaml"
         self.params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.log = tmp_path / f"{name}.log"
         self._log_fh = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seg_perception.ros.node", "--ros-args", "--params-file", str(self.params_file),
+            [sys.executable, "-m", module, "--ros-args", "--params-file", str(self.params_file),
              *ros_args], env=env, stdout=self._log_fh, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -200,9 +201,9 @@ def peer(ros_env, monkeypatch):
 def start_node(ros_env, tmp_path):
     started = []
 
-    def start(params: dict, ros_args: tuple[str, ...] = (), name: str = "seg_node", env: dict | None = None
-              ) -> NodeProcess:
-        node = NodeProcess(env or ros_env, tmp_path, params, ros_args, name)
+    def start(params: dict, ros_args: tuple[str, ...] = (), name: str = "seg_node", env: dict | None = None,
+              module: str = "seg_perception.ros.node") -> NodeProcess:
+        node = NodeProcess(env or ros_env, tmp_path, params, ros_args, name, module)
         started.append(node)
         return node
 

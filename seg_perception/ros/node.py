@@ -22,6 +22,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from seg_perception.backends import BackendError, is_file_artifact, open_backend
@@ -63,9 +64,17 @@ def transport_start(arrival_ns: int, transport_ns: int) -> int | None:
     return None if abs(transport_ns) > LIVE_STAMP_NS else arrival_ns - max(transport_ns, 0)
 
 
-class SegNode(Node):
-    def __init__(self, **node_kwargs) -> None:
-        super().__init__("seg_node", **node_kwargs)
+class SegNodeParts:
+    """What seg_node does, in the pieces both of its variants call, mixed into an rclpy Node: the plain `SegNode`
+    runs them all in its constructor; the managed one (ros/lifecycle_node.py) on its lifecycle transitions."""
+
+    def _publisher(self, msg_type, topic: str, qos):
+        """An output publisher (the managed node makes lifecycle publishers, silent while inactive)."""
+        return self.create_publisher(msg_type, topic, qos)
+
+    def _build(self) -> None:
+        """Declare and check the parameters, open and warm up the backend, build the pipeline and the output
+        publishers, and start the worker: everything but the subscriptions and the diagnostics timer."""
         p = self.params = declare(self)
         if p.model and not is_file_artifact(p.model) and not p.model.partition(":")[2]:
             raise ParameterError("model", f"zoo name '{p.model}' without a checkpoint would run random weights; give "
@@ -79,7 +88,7 @@ class SegNode(Node):
         info = self.backend.info
         start = _NOW()
         self.backend.warm_up(p.warmup_frames)  # before any subscription: no camera frame waits on it
-        warm_up_ms = (_NOW() - start) / 1e6
+        self._warm_up_ms = (_NOW() - start) / 1e6
         costs = p.costs()
         depth = p.depth()
         if not p.depth_topic:  # ground classes serve only the depth-built costmaps: a model need not have them
@@ -116,7 +125,7 @@ class SegNode(Node):
                              else ReliabilityPolicy.BEST_EFFORT)
 
         def publisher(topic: str, msg_type=Image):
-            return self.create_publisher(msg_type, topic, out_qos)
+            return self._publisher(msg_type, topic, out_qos)
 
         self.pub_mask = publisher("semantic_mask")
         self.pub_conf = publisher("semantic_mask/confidence")
@@ -124,7 +133,7 @@ class SegNode(Node):
         self.pub_overlay = publisher("semantic_mask/overlay") if p.publish_overlay else None
         self.pub_info = publisher("semantic_mask/camera_info", CameraInfo)
         self.pub_latency = publisher("semantic_mask/latency", DiagnosticArray)
-        self.pub_layers = {name: self.create_publisher(OccupancyGrid, layer_topic(name), LATCHED)
+        self.pub_layers = {name: self._publisher(OccupancyGrid, layer_topic(name), LATCHED)
                            for name in self.projector.layers}
         self.pub_points = publisher("semantic_points", PointCloud2) if p.depth_topic else None
         # Remote viewers: PNG keeps mask values exact; colour and overlay as the user chooses.
@@ -141,8 +150,8 @@ class SegNode(Node):
         self._listened = dict.fromkeys(
             [self.pub_mask, self.pub_conf, self.pub_color, self.pub_overlay, self.pub_info, self.pub_latency,
              self.pub_points, *self.pub_layers.values(), *(pub for pub, _ in self.pub_compressed.values())], False)
-        self.pub_label_info = publish_label_info(self, info.class_names)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.label_info = publish_label_info(self, info.class_names, self._publisher)
+        self.pub_diag = self._publisher(DiagnosticArray, "/diagnostics", 10)
         self._out_mask, self._out_conf = conv.ImageOut("mono8"), conv.ImageOut("mono8")
         self._out_color, self._out_overlay = conv.ImageOut("rgb8"), conv.ImageOut("rgb8")
         self._out_info = CameraInfo()
@@ -150,29 +159,38 @@ class SegNode(Node):
         self._out_points = conv.PointCloudOut()
         self._latency = DiagnosticArray()
 
-        # Inputs.
+        self.inputs = resolve_inputs(p.input_topic, p.camera_info_topic, p.input_type == "compressed",
+                                     self.resolve_topic_name)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
+        self._worker.start()
+
+    def _subscribe(self) -> list:
+        """Start taking frames: the image, CameraInfo and depth subscriptions."""
+        p = self.params
         in_qos = QoSProfile(depth=p.input_depth, reliability=ReliabilityPolicy.RELIABLE if p.input_qos == "reliable"
                             else ReliabilityPolicy.BEST_EFFORT)
         msg_type = CompressedImage if p.input_type == "compressed" else Image
-        self.inputs = resolve_inputs(p.input_topic, p.camera_info_topic, p.input_type == "compressed",
-                                     self.resolve_topic_name)
-        self.create_subscription(msg_type, self.inputs.image, self._on_image, in_qos)
+        subscriptions = [self.create_subscription(msg_type, self.inputs.image, self._on_image, in_qos)]
         if self.inputs.camera_info:
-            self.create_subscription(CameraInfo, self.inputs.camera_info, self._on_camera_info, qos_profile_sensor_data)
+            subscriptions.append(self.create_subscription(CameraInfo, self.inputs.camera_info, self._on_camera_info,
+                                                          qos_profile_sensor_data))
         if p.depth_topic:
-            self.create_subscription(Image, p.depth_topic, self._on_depth, in_qos)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+            subscriptions.append(self.create_subscription(Image, p.depth_topic, self._on_depth, in_qos))
+        return subscriptions
 
-        self.health = HealthWindow(self.inputs.image, p.stale_timeout, _NOW())
-        self.create_timer(p.diagnostics_period, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.describe()} "
-            f"(warm-up: {p.warmup_frames} frames, {warm_up_ms:.0f} ms); "
-            f"listening on {self.inputs.image} ({p.input_type}, {p.input_qos}), camera_info on "
-            f"{self.inputs.camera_info or '(none: fx/fy/cx/cy)'}; camera pose from "
-            f"{'TF' if self.pose_source.uses_tf else 'the camera_* parameters'}")
+    def _start_diagnostics(self):
+        """A fresh health window (stale from now on) and the timer that publishes /diagnostics."""
+        self.health = HealthWindow(self.inputs.image, self.params.stale_timeout, _NOW())
+        return self.create_timer(self.params.diagnostics_period, self._publish_diagnostics)
+
+    def _started_line(self) -> str:
+        p, info = self.params, self.backend.info
+        return (f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.describe()} "
+                f"(warm-up: {p.warmup_frames} frames, {self._warm_up_ms:.0f} ms); "
+                f"listening on {self.inputs.image} ({p.input_type}, {p.input_qos}), camera_info on "
+                f"{self.inputs.camera_info or '(none: fx/fy/cx/cy)'}; camera pose from "
+                f"{'TF' if self.pose_source.uses_tf else 'the camera_* parameters'}")
 
     # --- executor thread: cheap -------------------------------------------------------------------
     def _on_image(self, msg: Image | CompressedImage) -> None:
@@ -455,18 +473,23 @@ class SegNode(Node):
         self.backend.close()
 
 
-def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers that shut the context down
-    try:
-        node = SegNode()
-    except (ParameterError, BackendError, ValueError, OSError) as exc:
-        rclpy.logging.get_logger("seg_node").fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 2
+class SegNode(SegNodeParts, Node):
+    """The plain node: loads its model and subscribes as it is constructed."""
+
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__("seg_node", **node_kwargs)
+        self._build()
+        self._subscribe()
+        self._start_diagnostics()
+        self.get_logger().info(self._started_line())
+
+
+def spin(node: SegNodeParts, finished: Future) -> None:
+    """Run `node` until `finished` is done or a signal shuts the context down, then close and destroy it."""
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
+        executor.spin_until_future_complete(finished)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # rclpy's RCLError
@@ -478,6 +501,17 @@ def main(args: list[str] | None = None) -> int:
         executor.shutdown(timeout_sec=0.5)
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers that shut the context down
+    try:
+        node = SegNode()
+    except (ParameterError, BackendError, ValueError, OSError) as exc:
+        rclpy.logging.get_logger("seg_node").fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 2
+    spin(node, Future())  # runs until a signal
     return 0
 
 

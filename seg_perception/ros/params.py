@@ -41,8 +41,9 @@ def declare(node: Node) -> NodeParams:
     """Declare every parameter on `node` and return the validated values."""
     values = {}
     for name, spec in PARAMETERS.items():
-        try:
-            param = node.declare_parameter(name, spec.default, descriptor(name, spec))
+        try:  # a managed node configured again reads the values it has (set while unconfigured)
+            param = node.get_parameter(name) if node.has_parameter(name) else \
+                node.declare_parameter(name, spec.default, descriptor(name, spec))
         except Exception as exc:  # rclpy raises InvalidParameterValue/TypeException with its own text
             raise ParameterError(name, str(exc)) from exc
         check(name, param.value)
