@@ -70,8 +70,9 @@ def test_managed_node_serves_only_while_active_and_survives_a_failed_configure(h
     frame = rgb_frame()
     lifecycle = Lifecycle(peer, "/seg_node")
 
-    def label_info_listener() -> list | None:
-        listener = subprocess.run([sys.executable, "-c", LATE_LABEL_INFO_SUBSCRIBER, env["ROS_DOMAIN_ID"]],
+    def label_info_listener(wait_s: float) -> list | None:
+        """The class map a subscriber that joins now receives (None: nothing `wait_s` after discovering it)."""
+        listener = subprocess.run([sys.executable, "-c", LATE_LABEL_INFO_SUBSCRIBER, env["ROS_DOMAIN_ID"], str(wait_s)],
                                   env=env, capture_output=True, text=True, timeout=60)
         assert listener.returncode == 0, listener.stderr
         return json.loads(listener.stdout.strip().splitlines()[-1])
@@ -85,7 +86,7 @@ def test_managed_node_serves_only_while_active_and_survives_a_failed_configure(h
     assert lifecycle.state() == "inactive"
     wait_for("seg_node's publishers", lambda: peer.node.count_publishers("/semantic_mask"), 10)
     camera.publish(image_msg(frame, peer.now()))
-    time.sleep(1.0)  # several diagnostics periods
+    assert label_info_listener(3.0) is None  # also many diagnostics periods
     assert image_subscribers(peer) == 0
     assert {topic: peer.messages(topic) for topic in OUTPUTS} == {topic: [] for topic in OUTPUTS}
 
@@ -98,7 +99,7 @@ def test_managed_node_serves_only_while_active_and_survives_a_failed_configure(h
     assert (mask.height, mask.width, mask.encoding) == (frame.shape[0], frame.shape[1], "mono8")
     diagnostics = wait_for("diagnostics", lambda: peer.messages("/diagnostics"), 10)
     assert diagnostics[-1].status[0].name == "/seg_node: semantic segmentation"
-    assert label_info_listener() == [[i, n] for i, n in enumerate(CITYSCAPES_CLASSES)]
+    assert label_info_listener(30) == [[i, n] for i, n in enumerate(CITYSCAPES_CLASSES)]
 
     # Inactive again: the subscription goes, frames sent now are not taken, nothing more is published.
     assert lifecycle.transition(Transition.TRANSITION_DEACTIVATE)

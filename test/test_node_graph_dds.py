@@ -162,6 +162,10 @@ node.create_subscription(LabelInfo, "/semantic_mask/label_info", got.append, QoS
 deadline = time.monotonic() + 30
 while not got and time.monotonic() < deadline:
     rclpy.spin_once(node, timeout_sec=0.1)
+    # argv[2], optional: give up this many seconds after the publisher is discovered
+    if len(sys.argv) > 2 and node.count_publishers("/semantic_mask/label_info") and \
+            deadline - time.monotonic() > float(sys.argv[2]):
+        deadline = time.monotonic() + float(sys.argv[2])
 print(json.dumps([[c.class_id, c.class_name] for c in got[0].class_map] if got else None))
 """
 
