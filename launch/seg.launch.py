@@ -1,5 +1,8 @@
 """Start seg_node: `ros2 launch seg_perception seg.launch.py [model:=...] [namespace:=front] [name:=...]
-[image_raw:=/cams/front/image_color] [camera_info:=...]`.
+[image_raw:=/cams/front/image_color] [camera_info:=...] [managed:=true]`.
+
+managed:=true starts seg_lifecycle_node instead: the same node, unconfigured until a lifecycle manager (e.g.
+nav2_lifecycle_manager, listing the node's name) configures and activates it.
 
 Parameters come from params_file (default: the package's config/seg.yaml); a launch argument given a non-empty
 value overrides the file's value for that parameter. The node's inputs are the relative topics image_raw and
@@ -9,7 +12,7 @@ camera_info: `namespace` moves them with the outputs, `image_raw`/`camera_info` 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 # launch argument -> (node parameter it overrides, help); empty = keep the params file's value
@@ -27,6 +30,10 @@ REMAPS = {
 }
 
 
+def flag(context, arg: str) -> bool:
+    return LaunchConfiguration(arg).perform(context).lower() in ("true", "1")
+
+
 def parameter_overrides(context) -> dict:
     """Node parameters set by launch arguments: only the non-empty ones, so the rest keep the file's values."""
     overrides = {}
@@ -34,7 +41,7 @@ def parameter_overrides(context) -> dict:
         value = LaunchConfiguration(arg).perform(context)
         if value:
             overrides[param] = value
-    overrides["use_sim_time"] = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")
+    overrides["use_sim_time"] = flag(context, "use_sim_time")
     return overrides
 
 
@@ -43,9 +50,10 @@ def remappings(context) -> list[tuple[str, str]]:
 
 
 def _seg_node(context, *args, **kwargs):
-    return [Node(
+    node_class, executable = (LifecycleNode, "seg_lifecycle_node") if flag(context, "managed") else (Node, "seg_node")
+    return [node_class(
         package="seg_perception",
-        executable="seg_node",
+        executable=executable,
         name=LaunchConfiguration("name"),
         namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("params_file"), parameter_overrides(context)],
@@ -68,5 +76,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="", description="namespace for the node and its topics"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (rosbag replay)"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
+        DeclareLaunchArgument("managed", default_value="false",
+                              description="start the lifecycle node (seg_lifecycle_node), for a lifecycle manager"),
     ]
     return LaunchDescription(args + [OpaqueFunction(function=_seg_node)])

@@ -32,14 +32,26 @@ def test_seg_launch_names_the_node_and_remaps_its_relative_inputs():
     tree = ast.parse(LAUNCH_FILE.read_text())
     strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert {"name", "namespace", "image_raw", "camera_info"} <= strings
-    (node_call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"]
+    (node_call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and "package" in {k.arg for k in n.keywords}]
     assert {"name", "namespace", "remappings", "parameters"} <= {k.arg for k in node_call.keywords}
+
+
+def test_seg_launch_chooses_the_managed_node_by_an_argument_and_both_executables_are_installed():
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert {"managed", "seg_node", "seg_lifecycle_node"} <= strings
+    assert {"Node", "LifecycleNode"} <= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                                         and node.module == "launch_ros.actions" for alias in node.names}
+    scripts = (LAUNCH_DIR.parent / "setup.py").read_text()
+    assert "seg_lifecycle_node = seg_perception.ros.lifecycle_node:main" in scripts
+    assert "seg_node = seg_perception.ros.node:main" in scripts
 
 
 def test_launch_description_arguments_and_overrides(tmp_path):
     pytest.importorskip("launch_ros", reason="launch_ros comes with a ROS 2 install, not from PyPI")
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch_ros.actions import LifecycleNode
 
     from seg_perception.core.node_params import PARAMETERS
 
@@ -47,17 +59,21 @@ def test_launch_description_arguments_and_overrides(tmp_path):
     description = module.generate_launch_description()
     declared = {e.name: e for e in description.entities if isinstance(e, DeclareLaunchArgument)}
     assert {"model", "input_topic", "params_file", "namespace", "name", "image_raw", "camera_info",
-            "use_sim_time"} <= set(declared)
+            "use_sim_time", "managed"} <= set(declared)
     assert {param for param, _ in module.OVERRIDES.values()} <= set(PARAMETERS)
 
     context = LaunchContext()
     context.launch_configurations.update(
         {name: "" for name in declared} | {"model": "/m.engine", "params_file": str(tmp_path / "p.yaml"),
                                           "namespace": "front", "name": "seg_front", "use_sim_time": "true",
-                                          "log_level": "info", "image_raw": "/cams/front/image_color"})
+                                          "log_level": "info", "image_raw": "/cams/front/image_color",
+                                          "managed": "false"})
     opaque = next(e for e in description.entities if isinstance(e, OpaqueFunction))
     (node,) = opaque.execute(context)
     assert node.node_package == "seg_perception" and node.node_executable == "seg_node"
+    context.launch_configurations["managed"] = "true"
+    (managed,) = opaque.execute(context)
+    assert isinstance(managed, LifecycleNode) and managed.node_executable == "seg_lifecycle_node"
     # Empty arguments keep the params file's values; only the given remap is made.
     assert module.parameter_overrides(context) == {"model": "/m.engine", "use_sim_time": True}
     assert module.remappings(context) == [("image_raw", "/cams/front/image_color")]
