@@ -114,7 +114,7 @@ def problems_in(text: str) -> list[tuple[int, str, str]]:
         head = Path(words[0]).name if words else ""
         if head == "seg-perception":
             problem = check_cli(words[1:])
-        elif head == "seg_node":  # -p NAME:=VALUE (not -r remaps)
+        elif head in ("seg_node", "seg_lifecycle_node"):  # -p NAME:=VALUE (not -r remaps)
             named = [w.split(":=")[0] for flag, w in zip(words, words[1:]) if flag == "-p" and ":=" in w]
             problem = next((f"unknown parameter {n}" for n in named if n not in node_parameters()), None)
         elif words[:2] == ["ros2", "launch"] and len(words) > 3:
