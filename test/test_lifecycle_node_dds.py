@@ -119,13 +119,20 @@ def test_managed_node_serves_only_while_active_and_survives_a_failed_configure(h
     wait_for("the publishers to go", lambda: peer.node.count_publishers("/semantic_mask") == 0, 10)
     assert (tmp_path / "trace.json").is_file()  # closing wrote the trace, as the plain node's shutdown does
 
-    # A configure that fails: FAILURE, the one-line reason in the log, the node still up and unconfigured.
+    # Configured again, it serves again; a shutdown from active ends the process with 0 and writes the trace.
+    (tmp_path / "trace.json").unlink()
+    assert lifecycle.transition(Transition.TRANSITION_CONFIGURE)
+    assert lifecycle.transition(Transition.TRANSITION_ACTIVATE)
+    serve_until_ready(peer, camera, lambda s: image_msg(frame, s), timeout=30)
+    assert lifecycle.transition(Transition.TRANSITION_ACTIVE_SHUTDOWN)
+    assert node.proc.wait(timeout=20) == 0, node.output()
+    assert (tmp_path / "trace.json").is_file()
+
+    # A configure that fails: FAILURE, the one-line reason in the log, the node still up and unconfigured; a
+    # shutdown from there exits 0 too.
     bad_lifecycle = Lifecycle(peer, "/seg_bad")
     assert not bad_lifecycle.transition(Transition.TRANSITION_CONFIGURE)
     assert bad_lifecycle.state() == "unconfigured" and bad.proc.poll() is None
     assert "cannot configure: " in bad.output() and "missing.onnx" in bad.output()
-
-    # Shutdown (from unconfigured, as after cleanup): the process exits 0.
-    for process, client in ((node, lifecycle), (bad, bad_lifecycle)):
-        assert client.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
-        assert process.proc.wait(timeout=20) == 0, process.output()
+    assert bad_lifecycle.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+    assert bad.proc.wait(timeout=20) == 0, bad.output()

@@ -28,20 +28,21 @@ class SegLifecycleNode(SegNodeParts, LifecycleNode):
         super().__init__("seg_node", **node_kwargs)
         self.finished = Future()  # done once shut down: the process then exits
         self.backend = self._worker = None  # set while configured
-        self._publishers: list = []
-        self._subscriptions: list = []
+        self._output_publishers: list = []
+        self._input_subscriptions: list = []
         self._diagnostics_timer = None
 
     def _publisher(self, msg_type, topic: str, qos):
         publisher = self.create_lifecycle_publisher(msg_type, topic, qos)
-        self._publishers.append(publisher)
+        self._output_publishers.append(publisher)
         return publisher
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._build()
-        except (ParameterError, BackendError, ValueError, OSError) as exc:
-            self.get_logger().error(f"cannot configure: {exc}")
+        except Exception as exc:  # the process stays up to be configured again, whatever went wrong
+            known = isinstance(exc, (ParameterError, BackendError, ValueError, OSError))  # the plain node's start-up
+            self.get_logger().error(f"cannot configure: {exc if known else f'{type(exc).__name__}: {exc}'}")
             if self.backend is not None:  # opened before the failure
                 self.backend.close()
             self._release()
@@ -55,7 +56,7 @@ class SegLifecycleNode(SegNodeParts, LifecycleNode):
             publisher, msg = self.label_info
             msg.header.stamp = self.get_clock().now().to_msg()
             publisher.publish(msg)
-        self._subscriptions = self._subscribe()
+        self._input_subscriptions = self._subscribe()
         self._diagnostics_timer = self._start_diagnostics()
         self.get_logger().info(f"active: {self._started_line()}")
         return result
@@ -74,9 +75,9 @@ class SegLifecycleNode(SegNodeParts, LifecycleNode):
         return super().on_shutdown(state)
 
     def _unsubscribe(self) -> None:
-        for subscription in self._subscriptions:
+        for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
-        self._subscriptions = []
+        self._input_subscriptions = []
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
@@ -92,9 +93,9 @@ class SegLifecycleNode(SegNodeParts, LifecycleNode):
 
     def _release(self) -> None:
         self.backend = self._worker = None
-        for publisher in self._publishers:
+        for publisher in self._output_publishers:
             self.destroy_lifecycle_publisher(publisher)
-        self._publishers = []
+        self._output_publishers = []
 
 
 def main(args: list[str] | None = None) -> int:
