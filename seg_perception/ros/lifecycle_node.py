@@ -75,6 +75,7 @@ class SegLifecycleNode(SegNodeParts, LifecycleNode):
         return super().on_shutdown(state)
 
     def _unsubscribe(self) -> None:
+        """Stop taking frames and publishing /diagnostics."""
         for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
         self._input_subscriptions = []
