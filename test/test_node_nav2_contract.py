@@ -165,7 +165,7 @@ def test_seg_node_meets_the_semantic_layers_contract(resolution, peer, start_nod
         np.testing.assert_allclose(z[returned], (mm[returned] / 1000).astype(np.float32), rtol=1e-6)
 
     # LabelInfo, subscribed as the layer does and after the node published it.
-    class_map = late_label_info(env, source["labels_topic"], depth=5)
+    class_map = late_label_info(env, source["labels_topic"], depth=5)  # its LatchedSubscriptionQoS(5)
     assert class_map == [[c["id"], c["name"]] for c in model_card(model)["classes"]]
     names = {name for _, name in class_map}
     for class_type in source["class_types"]:
