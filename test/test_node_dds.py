@@ -149,14 +149,15 @@ class Peer:
         except Exception:  # the context was shut down under it
             pass
 
-    def subscribe(self, msg_type, topic: str) -> None:
+    def subscribe(self, msg_type, topic: str, qos: QoSProfile | None = None) -> None:
+        """Record every message on `topic` (default QoS: reliable, depth 50)."""
         self.received[topic] = []
 
         def record(msg, topic=topic):
             with self._lock:
                 self.received[topic].append((msg, time.time_ns()))
 
-        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        qos = qos or QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(msg_type, topic, record, qos)
 
     def publisher(self, msg_type, topic: str, reliable: bool = False):

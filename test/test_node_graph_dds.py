@@ -157,8 +157,8 @@ from vision_msgs.msg import LabelInfo
 rclpy.init(domain_id=int(sys.argv[1]))
 node = rclpy.create_node("label_info_listener")
 got = []
-node.create_subscription(LabelInfo, "/semantic_mask/label_info", got.append, QoSProfile(
-    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+node.create_subscription(LabelInfo, sys.argv[2], got.append, QoSProfile(
+    depth=int(sys.argv[3]), reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
 deadline = time.monotonic() + 30
 while not got and time.monotonic() < deadline:
     rclpy.spin_once(node, timeout_sec=0.1)
@@ -168,6 +168,15 @@ while not got and time.monotonic() < deadline:
         deadline = time.monotonic() + float(sys.argv[2])
 print(json.dumps([[c.class_id, c.class_name] for c in got[0].class_map] if got else None))
 """
+
+
+def late_label_info(env: dict, topic: str = "/semantic_mask/label_info", depth: int = 1) -> list | None:
+    """The class map, as [[class_id, class_name], ...], that a LabelInfo subscriber (reliable + transient local,
+    queue `depth`) started now in its own process receives within 30 s; None if nothing came."""
+    listener = subprocess.run([sys.executable, "-c", LATE_LABEL_INFO_SUBSCRIBER, env["ROS_DOMAIN_ID"], topic,
+                               str(depth)], env=env, capture_output=True, text=True, timeout=60)
+    assert listener.returncode == 0, listener.stderr
+    return json.loads(listener.stdout.strip().splitlines()[-1])
 
 
 def test_label_info_from_the_model_card_reaches_a_late_subscriber(half_road, peer, start_node, ros_env):
@@ -183,8 +192,5 @@ def test_label_info_from_the_model_card_reaches_a_late_subscriber(half_road, pee
     assert str(endpoints[0].topic_type_hash) == UPSTREAM_HASHES["vision_msgs/msg/LabelInfo"]
     assert endpoints[0].qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
     time.sleep(0.5)  # published at start-up, before this subscriber exists
-    listener = subprocess.run([sys.executable, "-c", LATE_LABEL_INFO_SUBSCRIBER, env["ROS_DOMAIN_ID"]], env=env,
-                              capture_output=True, text=True, timeout=60)
-    assert listener.returncode == 0, listener.stderr
-    assert json.loads(listener.stdout.strip().splitlines()[-1]) == [[i, n] for i, n in enumerate(CITYSCAPES_CLASSES)]
+    assert late_label_info(env) == [[i, n] for i, n in enumerate(CITYSCAPES_CLASSES)]
     assert "vision_msgs is not installed" not in node.output()
