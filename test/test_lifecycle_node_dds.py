@@ -5,9 +5,6 @@ the process up with the reason logged, and a shutdown transition ends the proces
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -21,7 +18,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from ros_interfaces import built_interfaces, interfaces_env  # noqa: E402
 from seg_perception.labels import CITYSCAPES_CLASSES  # noqa: E402
 from test_node_dds import half_road, image_msg, peer, rgb_frame, serve_until_ready, start_node  # noqa: E402,F401
-from test_node_graph_dds import LATE_LABEL_INFO_SUBSCRIBER, wait_for  # noqa: E402
+from test_node_graph_dds import late_label_info, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 MANAGED = "seg_perception.ros.lifecycle_node"
@@ -70,13 +67,6 @@ def test_managed_node_serves_only_while_active_and_survives_a_failed_configure(h
     frame = rgb_frame()
     lifecycle = Lifecycle(peer, "/seg_node")
 
-    def label_info_listener(wait_s: float) -> list | None:
-        """The class map a subscriber that joins now receives (None: nothing `wait_s` after discovering it)."""
-        listener = subprocess.run([sys.executable, "-c", LATE_LABEL_INFO_SUBSCRIBER, env["ROS_DOMAIN_ID"], str(wait_s)],
-                                  env=env, capture_output=True, text=True, timeout=60)
-        assert listener.returncode == 0, listener.stderr
-        return json.loads(listener.stdout.strip().splitlines()[-1])
-
     # Unconfigured: the lifecycle services answer, nothing else exists.
     assert lifecycle.state() == "unconfigured"
     assert peer.node.count_publishers("/semantic_mask") == 0 and image_subscribers(peer) == 0
@@ -86,7 +76,7 @@ def test_managed_node_serves_only_while_active_and_survives_a_failed_configure(h
     assert lifecycle.state() == "inactive"
     wait_for("seg_node's publishers", lambda: peer.node.count_publishers("/semantic_mask"), 10)
     camera.publish(image_msg(frame, peer.now()))
-    assert label_info_listener(3.0) is None  # also many diagnostics periods
+    assert late_label_info(env, wait_s=3.0) is None  # also many diagnostics periods
     assert image_subscribers(peer) == 0
     assert {topic: peer.messages(topic) for topic in OUTPUTS} == {topic: [] for topic in OUTPUTS}
 
@@ -99,7 +89,7 @@ def test_managed_node_serves_only_while_active_and_survives_a_failed_configure(h
     assert (mask.height, mask.width, mask.encoding) == (frame.shape[0], frame.shape[1], "mono8")
     diagnostics = wait_for("diagnostics", lambda: peer.messages("/diagnostics"), 10)
     assert diagnostics[-1].status[0].name == "/seg_node: semantic segmentation"
-    assert label_info_listener(30) == [[i, n] for i, n in enumerate(CITYSCAPES_CLASSES)]
+    assert late_label_info(env) == [[i, n] for i, n in enumerate(CITYSCAPES_CLASSES)]
 
     # Inactive again: the subscription goes, frames sent now are not taken, nothing more is published.
     assert lifecycle.transition(Transition.TRANSITION_DEACTIVATE)

@@ -162,19 +162,21 @@ node.create_subscription(LabelInfo, sys.argv[2], got.append, QoSProfile(
 deadline = time.monotonic() + 30
 while not got and time.monotonic() < deadline:
     rclpy.spin_once(node, timeout_sec=0.1)
-    # argv[2], optional: give up this many seconds after the publisher is discovered
-    if len(sys.argv) > 2 and node.count_publishers("/semantic_mask/label_info") and \
-            deadline - time.monotonic() > float(sys.argv[2]):
-        deadline = time.monotonic() + float(sys.argv[2])
+    # argv[4], optional: give up this many seconds after the publisher is discovered
+    if len(sys.argv) > 4 and node.count_publishers(sys.argv[2]) and deadline - time.monotonic() > float(sys.argv[4]):
+        deadline = time.monotonic() + float(sys.argv[4])
 print(json.dumps([[c.class_id, c.class_name] for c in got[0].class_map] if got else None))
 """
 
 
-def late_label_info(env: dict, topic: str = "/semantic_mask/label_info", depth: int = 1) -> list | None:
+def late_label_info(env: dict, topic: str = "/semantic_mask/label_info", depth: int = 1,
+                    wait_s: float | None = None) -> list | None:
     """The class map, as [[class_id, class_name], ...], that a LabelInfo subscriber (reliable + transient local,
-    queue `depth`) started now in its own process receives within 30 s; None if nothing came."""
+    queue `depth`) started now in its own process receives within 30 s (or within `wait_s` of discovering the
+    publisher); None if nothing came."""
     listener = subprocess.run([sys.executable, "-c", LATE_LABEL_INFO_SUBSCRIBER, env["ROS_DOMAIN_ID"], topic,
-                               str(depth)], env=env, capture_output=True, text=True, timeout=60)
+                               str(depth), *([] if wait_s is None else [str(wait_s)])],
+                              env=env, capture_output=True, text=True, timeout=60)
     assert listener.returncode == 0, listener.stderr
     return json.loads(listener.stdout.strip().splitlines()[-1])
 
