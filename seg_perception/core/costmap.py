@@ -1,7 +1,7 @@
 """Label image -> ground-plane grids by inverse perspective mapping (IPM), ROS-free.
 
 Every grid cell centre on the ground (z = 0 in the robot frame) is projected into the camera through the
-intrinsics and the camera pose; the resulting ground remap table (cell -> label pixel) is kept per (intrinsics,
+camera model (intrinsics and lens distortion) and the camera pose; the resulting ground remap table (cell -> label pixel) is kept per (intrinsics,
 label shape) and re-aimed in its own buffers when the pose changes, so a frame costs one gather per layer (plus
 about a millisecond on a 200x200 grid when the camera moved). Cells the camera cannot see stay -1.
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seg_perception.core.camera_model import CameraModel, scaled_intrinsics
 from seg_perception.labels import IGNORE_ID
 
 UNKNOWN, FREE, LETHAL = -1, 0, 100  # nav_msgs/OccupancyGrid conventions
@@ -125,9 +126,9 @@ class GroundProjector:
             self._luts[name] = class_lut(class_names, name)
         self._grids = {name: np.full((grid.height, grid.width), UNKNOWN, np.int8) for name in self._luts}
         self._pose = pose
-        # (K, image size it refers to), replaced as one object: CameraInfo may arrive on another thread.
-        self._intrinsics: tuple[np.ndarray, tuple[int, int]] | None = None
-        self._table_key: tuple | None = None  # (K, its size, camera size, label size) of self._table
+        # replaced as one object: CameraInfo may arrive on another thread
+        self._intrinsics: CameraModel | None = None
+        self._table_key: tuple | None = None  # (camera model, camera size, label size) of self._table
         self._table: GroundRemapTable | None = None
         self._table_pose: CameraPose | None = None  # the pose self._table is aimed with
         self._picked = np.empty(grid.height * grid.width, np.uint8)  # per visible cell: its label, its cost
@@ -149,15 +150,13 @@ class GroundProjector:
     def set_pose(self, pose: CameraPose) -> None:
         self._pose = pose  # the table is re-aimed on the next frame
 
-    def set_intrinsics(self, k: np.ndarray, camera_hw: tuple[int, int]) -> None:
-        """K (3x3) of an image of size camera_hw; cheap when unchanged, so it can be called on every CameraInfo."""
-        k = np.asarray(k, np.float64).reshape(3, 3)
-        if k[0, 0] <= 0 or k[1, 1] <= 0:
-            raise ValueError(f"intrinsics need fx > 0 and fy > 0, got fx={k[0, 0]}, fy={k[1, 1]}")
-        hw = (int(camera_hw[0]), int(camera_hw[1]))
-        if self._intrinsics is not None and self._intrinsics[1] == hw and np.array_equal(k, self._intrinsics[0]):
-            return
-        self._intrinsics = (k, hw)
+    def set_intrinsics(self, k: np.ndarray, camera_hw: tuple[int, int], distortion_model: str = "",
+                       d=()) -> None:
+        """K (3x3) of an image of size camera_hw and its lens distortion (CameraInfo's names; none by default);
+        cheap when unchanged, so it can be called on every CameraInfo."""
+        camera = CameraModel(k, camera_hw, distortion_model, d)
+        if self._intrinsics is None or self._intrinsics.key != camera.key:
+            self._intrinsics = camera
 
     def project(self, labels: np.ndarray, camera_hw: tuple[int, int]) -> dict[str, np.ndarray]:
         """labels: uint8 [h, w] covering the whole camera image of size camera_hw (any resolution)."""
@@ -173,12 +172,11 @@ class GroundProjector:
         return self._grids
 
     # --- ground remap table ------------------------------------------------------------------
-    def _ensure_table(self, intrinsics: tuple[np.ndarray, tuple[int, int]], labels_hw: tuple[int, int],
+    def _ensure_table(self, camera: CameraModel, labels_hw: tuple[int, int],
                       camera_hw: tuple[int, int]) -> GroundRemapTable:
-        k, k_hw = intrinsics
-        key = (k.tobytes(), k_hw, camera_hw, labels_hw)
+        key = (camera.key, camera_hw, labels_hw)
         if key != self._table_key:
-            self._table = GroundRemapTable(self.grid, k, k_hw, camera_hw, labels_hw)
+            self._table = GroundRemapTable(self.grid, camera, camera_hw, labels_hw)
             self._table_key, self._table_pose = key, None
         if self._pose != self._table_pose:
             self._table.aim(self._pose)
@@ -193,23 +191,17 @@ def same_aspect(k_hw: tuple[int, int], image_hw: tuple[int, int], tolerance: flo
     return abs(k_hw[0] * image_hw[1] - k_hw[1] * image_hw[0]) <= tolerance * k_hw[0] * image_hw[1]
 
 
-def scaled_intrinsics(k: np.ndarray, k_hw: tuple[int, int], hw: tuple[int, int]) -> tuple[float, ...]:
-    """(fx, fy, cx, cy) of K, given for an image of size k_hw, for the same view at size hw (pixel centres at
-    integer coordinates)."""
-    sx, sy = hw[1] / k_hw[1], hw[0] / k_hw[0]
-    return k[0, 0] * sx, k[1, 1] * sy, (k[0, 2] + 0.5) * sx - 0.5, (k[1, 2] + 0.5) * sy - 0.5
-
-
 class GroundRemapTable:
-    """The flat-ground table of one (grid, intrinsics, image sizes): `cells` (visible cells, indices into the
+    """The flat-ground table of one (grid, camera model, image sizes): `cells` (visible cells, indices into the
     flattened grid) and `pixels` (the flat label-pixel index each shows). `aim(pose)` recomputes them for a pose in
-    buffers sized for the whole grid, allocating nothing; both are views valid until the next `aim`."""
+    buffers sized for the whole grid, allocating nothing without distortion (a distorted lens projects the cell
+    centres through OpenCV); both are views valid until the next `aim`."""
 
-    def __init__(self, grid: GridSpec, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
+    def __init__(self, grid: GridSpec, camera: CameraModel, camera_hw: tuple[int, int],
                  labels_hw: tuple[int, int]) -> None:
-        self.grid, self.camera_hw, self.labels_hw = grid, camera_hw, labels_hw
+        self.grid, self.camera, self.camera_hw, self.labels_hw = grid, camera, camera_hw, labels_hw
         # Intrinsics may describe another image size than the stream (binning, resized camera_info).
-        self.fx, self.fy, self.cx, self.cy = scaled_intrinsics(k, k_hw, camera_hw)
+        self.fx, self.fy, self.cx, self.cy = scaled_intrinsics(camera.k, camera.hw, camera_hw)
         self._xs = grid.origin_x + (np.arange(grid.width) + 0.5) * grid.resolution  # as cell_centres() has them
         self._ys = grid.origin_y + (np.arange(grid.height) + 0.5) * grid.resolution
         n = grid.height * grid.width
@@ -234,11 +226,14 @@ class GroundRemapTable:
         np.greater(z, 1e-6, out=visible)  # in front of the camera
         np.logical_not(visible, out=test)
         np.copyto(z, 1.0, where=test)
+        if self.camera.distorted:
+            self._distort(x, y, z, visible, test)
         # Pixel centres sit at integer coordinates; map camera pixels onto the label grid.
         for out, f, c, label_size, camera_size in ((x, self.fx, self.cx, lw, cw), (y, self.fy, self.cy, lh, ch)):
-            out *= f
-            out /= z
-            out += c
+            if not self.camera.distorted:
+                out *= f
+                out /= z
+                out += c
             out += 0.5
             out *= label_size
             out /= camera_size
@@ -259,10 +254,26 @@ class GroundRemapTable:
         np.compress(visible.reshape(-1), y.reshape(-1), out=values)
         np.copyto(self.pixels, values, casting="unsafe")
 
+    def _distort(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, visible: np.ndarray, test: np.ndarray) -> None:
+        """x, y (optical frame, per cell) -> the camera pixel the lens shows each at; cells too far off the axis
+        for the lens model to hold (past the image border's widest ray) are left invisible."""
+        x /= z
+        y /= z
+        np.hypot(x, y, out=z)
+        np.less_equal(z, self.camera.max_radius * 1.01, out=test)
+        visible &= test
+        np.logical_not(visible, out=test)
+        np.copyto(x, 0.0, where=test)  # off-axis values far out would overflow the polynomial
+        np.copyto(y, 0.0, where=test)
+        z.fill(1.0)
+        pixels = self.camera.project(np.stack([x, y, z], -1), self.camera_hw)
+        x.reshape(-1)[:], y.reshape(-1)[:] = pixels[:, 0], pixels[:, 1]
+
 
 def ground_remap_table(grid: GridSpec, pose: CameraPose, k: np.ndarray, k_hw: tuple[int, int],
-                       camera_hw: tuple[int, int], labels_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+                       camera_hw: tuple[int, int], labels_hw: tuple[int, int], distortion_model: str = "",
+                       d=()) -> tuple[np.ndarray, np.ndarray]:
     """(visible cell indices into the flattened grid, flat label-pixel index for each of them) for one pose."""
-    table = GroundRemapTable(grid, k, k_hw, camera_hw, labels_hw)
+    table = GroundRemapTable(grid, CameraModel(k, k_hw, distortion_model, d), camera_hw, labels_hw)
     table.aim(pose)
     return table.cells, table.pixels

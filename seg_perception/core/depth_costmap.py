@@ -1,11 +1,11 @@
 """Label image + registered depth image -> ground grids and a labelled point cloud, ROS-free.
 
-Every labelled pixel is back-projected through the intrinsics to its depth and moved into the grid frame by the
-camera pose. A point of an obstacle class between min and max obstacle height marks its cell with the class's
-cost; a point of a ground class within min_obstacle_height of the ground marks its cell with the ground cost.
+Every labelled pixel is back-projected along its ray (intrinsics, lens distortion undone) to its depth and moved
+into the grid frame by the camera pose. A point of an obstacle class between min and max obstacle height marks its
+cell with the class's cost; a point of a ground class within min_obstacle_height of the ground marks its cell with the ground cost.
 Cells the rays cross on their way to a kept point are known free: per bearing from the camera, from the nearest
 ground the image can show out to the farthest kept point (a polar sweep, not a walk along every ray).
-Depth 0, NaN and inf are "no return". Pixel rays and buffers are kept per (intrinsics, sizes); a new camera pose
+Depth 0, NaN and inf are "no return". Pixel rays and buffers are kept per (camera model, sizes); a new camera pose
 re-aims the rays, bearings and the grid's polar table in place, so a frame costs a few passes over the samples into
 reused buffers, and a few more when the camera moved.
 """
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from seg_perception.core.camera_model import CameraModel, scaled_intrinsics
 from seg_perception.core.costmap import (FREE, UNKNOWN, CameraPose, GridSpec, GroundProjector,
-                                         rotation_grid_from_optical, same_aspect, scaled_intrinsics)
+                                         rotation_grid_from_optical, same_aspect)
 from seg_perception.core.image_codec import MAX_PIXELS, check_pixels
 
 # sensor_msgs/image_encodings names of depth images -> (little-endian sample type, metres per unit)
@@ -117,11 +118,13 @@ class _Samples:
     """Pixels of a label grid (every `stride`-th) with the depth pixel each reads and that depth pixel's ray.
 
     The depth pixel is the one nearest the label pixel's centre; its ray (optical frame, z = 1) goes through its
-    own centre, so a correct depth gives an exact point wherever the label is right. `source_hw`: the size of the
+    own centre, so a correct depth gives an exact point wherever the label is right. A ray is (ray_x, ray_y, 1):
+    without distortion ray_x is [1, cols] and ray_y [rows, 1] (they broadcast), through a lens both are
+    [rows, cols]. `source_hw`: the size of the
     array the labels are read from when it is not the label grid itself: each sample then reads the pixel a
     nearest-neighbour resize to labels_hw would have put there."""
 
-    def __init__(self, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
+    def __init__(self, camera: CameraModel, camera_hw: tuple[int, int],
                  labels_hw: tuple[int, int], depth_hw: tuple[int, int], stride: int,
                  source_hw: tuple[int, int] | None = None) -> None:
         check_registered(camera_hw, depth_hw)
@@ -138,10 +141,14 @@ class _Samples:
         drow = np.clip(np.round((rows + 0.5) * dh / lh - 0.5), 0, dh - 1).astype(np.intp)
         dcol = np.clip(np.round((cols + 0.5) * dw / lw - 0.5), 0, dw - 1).astype(np.intp)
         self.depth_index = (drow[:, None] * dw + dcol[None, :]).ravel()
-        fx, fy, cx, cy = scaled_intrinsics(k, k_hw, depth_hw)  # of the depth image
-        # a sample's ray is (ray_x of its column, ray_y of its row, 1)
-        self.ray_x = ((dcol - cx) / fx).astype(np.float32)
-        self.ray_y = ((drow - cy) / fy).astype(np.float32)
+        if camera.distorted:  # rays of the depth image's pixels, undistorted
+            pixels = np.stack(np.broadcast_arrays(dcol[None, :], drow[:, None]), -1).reshape(-1, 2)
+            rays = camera.rays(pixels, depth_hw).astype(np.float32).reshape(self.shape + (2,))
+            self.ray_x, self.ray_y = np.ascontiguousarray(rays[..., 0]), np.ascontiguousarray(rays[..., 1])
+        else:  # a sample's ray is (ray_x of its column, ray_y of its row, 1)
+            fx, fy, cx, cy = scaled_intrinsics(camera.k, camera.hw, depth_hw)  # of the depth image
+            self.ray_x = ((dcol - cx) / fx).astype(np.float32)[None, :]
+            self.ray_y = ((drow - cy) / fy).astype(np.float32)[:, None]
 
     @property
     def size(self) -> int:
@@ -155,7 +162,7 @@ def _far_corner(grid: GridSpec, pose: CameraPose) -> float:
 
 
 class _DepthGeometry:
-    """What project_depth needs besides the frame, and its reused buffers. Built once per (intrinsics, sizes,
+    """What project_depth needs besides the frame, and its reused buffers. Built once per (camera model, sizes,
     grid, stride): the samples, their optical-frame rays, the cell centres; `aim` then rewrites in place, with no
     allocation, what the camera pose changes: the rays in the grid frame, the camera's cell, the bearings, the
     polar table and the flat-ground table's samples. A geometry aimed at a pose holds exactly what one built for
@@ -166,18 +173,18 @@ class _DepthGeometry:
     one-cell border, so a point off the grid lands on the border after a clip, and a sample that marks nothing is
     sent to the corner cell 0: marking needs no compaction."""
 
-    def __init__(self, k: np.ndarray, k_hw: tuple[int, int], camera_hw: tuple[int, int],
+    def __init__(self, camera: CameraModel, camera_hw: tuple[int, int],
                  labels_hw: tuple[int, int], depth_hw: tuple[int, int], grid: GridSpec, stride: int) -> None:
         self.grid, self.labels_hw, self.stride = grid, labels_hw, stride
-        self.focal_labels = k[0, 0] * labels_hw[1] / k_hw[1]  # label pixels per unit of tan(angle)
-        samples = self.samples = _Samples(k, k_hw, camera_hw, labels_hw, depth_hw, stride)
+        self.focal_labels = camera.k[0, 0] * labels_hw[1] / camera.hw[1]  # label pixels per unit of tan(angle)
+        samples = self.samples = _Samples(camera, camera_hw, labels_hw, depth_hw, stride)
         n, n_cells = samples.size, grid.height * grid.width
         self.allowed = samples.label_row < labels_hw[0] * (1 - grid.ignore_bottom)  # the hood rows never mark
         self.width, self.height = grid.width + 2, grid.height + 2  # with the border
-        # per sample: its ray in the grid frame, per metre of depth. A ray is (x of its column, y of its row, 1),
-        # so R @ ray is a column term plus a row term: two small products and one pass per axis over the samples.
+        # per sample: its ray in the grid frame, per metre of depth. R @ (ray_x, ray_y, 1) is an x term plus a y
+        # term; without distortion they are a column's and a row's: two small products and one pass per axis.
         self._ray_x, self._ray_y = samples.ray_x.astype(np.float64), samples.ray_y.astype(np.float64)
-        self._column_term, self._row_term = np.empty((3, samples.shape[1])), np.empty((3, samples.shape[0]))
+        self._column_term, self._row_term = np.empty((3,) + self._ray_x.shape), np.empty((3,) + self._ray_y.shape)
         self._direction = np.empty((3, n), np.float32)
         self.z_per_metre = self._direction[2]
         self.col_per_metre, self.row_per_metre, self.reach_per_metre = (np.empty(n, np.float32) for _ in range(3))
@@ -203,9 +210,8 @@ class _DepthGeometry:
                         "cell_mark": np.empty(n_cells, bool)}
 
     @staticmethod
-    def stride_for(k: np.ndarray, k_hw: tuple[int, int], labels_hw: tuple[int, int], grid: GridSpec,
-                   pose: CameraPose) -> int:
-        focal_labels = k[0, 0] * labels_hw[1] / k_hw[1]
+    def stride_for(camera: CameraModel, labels_hw: tuple[int, int], grid: GridSpec, pose: CameraPose) -> int:
+        focal_labels = camera.k[0, 0] * labels_hw[1] / camera.hw[1]
         return max(1, int(0.5 * grid.resolution * focal_labels / max(_far_corner(grid, pose), grid.resolution)))
 
     def aim(self, pose: CameraPose, table_cells: np.ndarray, table_pixels: np.ndarray) -> None:
@@ -213,12 +219,12 @@ class _DepthGeometry:
         grid, resolution = self.grid, np.float32(self.grid.resolution)
         far = _far_corner(grid, pose)
         rotation = rotation_grid_from_optical(pose)
-        np.multiply(rotation[:, :1], self._ray_x, out=self._column_term)
-        np.multiply(rotation[:, 1:2], self._ray_y, out=self._row_term)
-        self._row_term += rotation[:, 2:]
+        np.multiply(rotation[:, :1, None], self._ray_x, out=self._column_term)
+        np.multiply(rotation[:, 1:2, None], self._ray_y, out=self._row_term)
+        self._row_term += rotation[:, 2:, None]
         for column_term, row_term, out in zip(self._column_term, self._row_term, self._direction):
             # summed in float64, rounded once into float32
-            np.add(row_term[:, None], column_term, out=out.reshape(self.samples.shape), casting="same_kind")
+            np.add(row_term, column_term, out=out.reshape(self.samples.shape), casting="same_kind")
         dx, dy, dz = self._direction
         np.divide(dx, resolution, out=self.col_per_metre)
         np.divide(dy, resolution, out=self.row_per_metre)
@@ -310,7 +316,7 @@ class DepthProjector(GroundProjector):
                             for name in self._luts}
         self._depth_grids = {name: flat.reshape(grid.height + 2, grid.width + 2)[1:-1, 1:-1]
                              for name, flat in self._depth_flat.items()}
-        self._geometry_key: tuple | None = None  # (K, sizes, stride) of self._geometry
+        self._geometry_key: tuple | None = None  # (camera model, sizes, stride) of self._geometry
         self._geometry_pose: CameraPose | None = None  # the pose self._geometry is aimed at
         self._cloud_key: tuple | None = None
         self.points_used = 0  # samples that marked a cell in the latest project_depth
@@ -406,14 +412,13 @@ class DepthProjector(GroundProjector):
             np.maximum.at(flat, b["table_marks"], table_costs)
         return self._depth_grids
 
-    def _ensure_geometry(self, intrinsics, camera_hw, labels_hw, depth_hw) -> _DepthGeometry:
-        k, k_hw = intrinsics
-        table = self._ensure_table(intrinsics, labels_hw, camera_hw)  # the flat-ground table, kept by GroundProjector
+    def _ensure_geometry(self, camera: CameraModel, camera_hw, labels_hw, depth_hw) -> _DepthGeometry:
+        table = self._ensure_table(camera, labels_hw, camera_hw)  # the flat-ground table, kept by GroundProjector
         pose = self._pose
-        key = (k.tobytes(), k_hw, camera_hw, labels_hw, depth_hw,
-               _DepthGeometry.stride_for(k, k_hw, labels_hw, self.grid, pose))
+        key = (camera.key, camera_hw, labels_hw, depth_hw,
+               _DepthGeometry.stride_for(camera, labels_hw, self.grid, pose))
         if key != self._geometry_key:
-            self._geometry = _DepthGeometry(k, k_hw, camera_hw, labels_hw, depth_hw, self.grid, key[-1])
+            self._geometry = _DepthGeometry(camera, camera_hw, labels_hw, depth_hw, self.grid, key[-1])
             self._geometry_key, self._geometry_pose = key, None
         if pose != self._geometry_pose:
             self._geometry.aim(pose, table.cells, table.pixels)
@@ -429,14 +434,13 @@ class DepthProjector(GroundProjector):
         grid when `organized` (no return = NaN), else (1, n) with only the points that have a return. Labels and
         confidence (uint8, any one size, e.g. the model's) are read at each point's pixel exactly as a
         nearest-neighbour resize to cloud_hw would give them, without resizing them. Valid until the next call."""
-        intrinsics = self._intrinsics
-        if intrinsics is None:
+        camera = self._intrinsics
+        if camera is None:
             raise DepthError("no intrinsics yet")
-        k, k_hw = intrinsics
         cloud_hw = tuple(cloud_hw or labels.shape)
-        key = (k.tobytes(), k_hw, tuple(camera_hw), cloud_hw, labels.shape, depth.shape, stride)
+        key = (camera.key, tuple(camera_hw), cloud_hw, labels.shape, depth.shape, stride)
         if key != self._cloud_key:
-            self._cloud = _Samples(k, k_hw, tuple(camera_hw), cloud_hw, depth.shape, stride, labels.shape)
+            self._cloud = _Samples(camera, tuple(camera_hw), cloud_hw, depth.shape, stride, labels.shape)
             n = self._cloud.size
             # zeros: the two padding bytes of each point are never written, and they go out in the message
             self._cloud_buf = {"points": np.zeros(n, POINT_DTYPE), "compact": np.zeros(n, POINT_DTYPE),
@@ -454,7 +458,7 @@ class DepthProjector(GroundProjector):
         np.copyto(z, np.nan, where=b["other"])
         grid = pts.reshape(s.shape)  # a view: the samples row by row
         np.multiply(grid["z"], s.ray_x, out=grid["x"])
-        np.multiply(grid["z"], s.ray_y[:, None], out=grid["y"])
+        np.multiply(grid["z"], s.ray_y, out=grid["y"])
         np.take(labels.reshape(-1), s.label_index, out=pts["label"])
         if confidence is None:
             pts["confidence"] = 255

@@ -34,9 +34,9 @@ def resample_truth(cells: np.ndarray, resolution: float, origin_x: float, origin
 
 
 def visible_cells(grid: GridSpec, pose: CameraPose, k: np.ndarray, k_hw: tuple[int, int],
-                  camera_hw: tuple[int, int]) -> np.ndarray:
+                  camera_hw: tuple[int, int], distortion_model: str = "", d=()) -> np.ndarray:
     """bool [height, width]: the ground cells the camera image shows (the flat-ground projection's view)."""
-    cells, _ = ground_remap_table(grid, pose, k, k_hw, camera_hw, camera_hw)
+    cells, _ = ground_remap_table(grid, pose, k, k_hw, camera_hw, camera_hw, distortion_model, d)
     seen = np.zeros(grid.height * grid.width, bool)
     seen[cells] = True
     return seen.reshape(grid.height, grid.width)
