@@ -2,7 +2,8 @@
 
 Every labelled pixel is back-projected along its ray (intrinsics, lens distortion undone) to its depth and moved
 into the grid frame by the camera pose. A point of an obstacle class between min and max obstacle height marks its
-cell with the class's cost; a point of a ground class within min_obstacle_height of the ground marks its cell with the ground cost.
+cell with the class's cost; a point of a ground class within min_obstacle_height of the ground marks its cell with
+the ground cost.
 Cells the rays cross on their way to a kept point are known free: per bearing from the camera, from the nearest
 ground the image can show out to the farthest kept point (a polar sweep, not a walk along every ray).
 Depth 0, NaN and inf are "no return". Pixel rays and buffers are kept per (camera model, sizes); a new camera pose
