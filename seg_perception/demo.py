@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_perception.core.camera_model import camera_from_info, is_rectified
 from seg_perception.core.costmap import FUSED, layer_topic
 from seg_perception.core.trace import END_TO_END, STAGES, TRANSPORT, StageSummary
 from seg_perception.errors import UsageError
@@ -332,9 +333,8 @@ def score_costmaps(received: Received, bag: Path, projector, fused_lut: np.ndarr
 
     iou, last, visible = CostmapIoU(tuple(class_names), fused_lut), None, None
     with BagReader(bag) as reader:
-        info = reader.first(INFO_TOPIC)
-        k, k_hw = np.asarray(info.k).reshape(3, 3), (int(info.height), int(info.width))
-        projector.set_intrinsics(k, k_hw)
+        camera = camera_from_info(reader.first(INFO_TOPIC), is_rectified("auto", IMAGE_TOPIC))  # seg_node's rule
+        projector.set_camera(camera)
         for _, _, msg in reader.messages([TOPDOWN_TOPIC]):
             ns = stamp_ns(msg.header)
             mask, depth_layers = received.masks.get(ns), received.layers.get(ns, {})
@@ -343,7 +343,8 @@ def score_costmaps(received: Received, bag: Path, projector, fused_lut: np.ndarr
             truth = resample_truth(grid_array(msg), msg.info.resolution, msg.info.origin.position.x,
                                    msg.info.origin.position.y, projector.grid)
             if visible is None:
-                visible = visible_cells(projector.grid, projector.pose, k, k_hw, mask.shape)
+                visible = visible_cells(projector.grid, projector.pose, camera.k, camera.hw, mask.shape,
+                                        camera.distortion_model, camera.d)
             flat = projector.project(mask, mask.shape)
             iou.add("flat_ground", flat, truth, visible)
             iou.add("depth", depth_layers, truth, visible)

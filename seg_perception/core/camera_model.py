@@ -92,3 +92,22 @@ class CameraModel:
                                     + [np.stack([np.full(h, x), np.arange(h)], 1) for x in (-0.5, w - 0.5)])
             self._max_radius = float(np.hypot(*self.rays(border, self.hw).T).max())
         return self._max_radius
+
+
+def is_rectified(setting: str, image_topic: str) -> bool:
+    """seg_node's `rectified` parameter for an image topic: 'true', 'false', or 'auto' = image_pipeline's naming
+    (image_proc publishes image_rect and image_rect_color; a camera driver image_raw)."""
+    return "rect" in image_topic if setting == "auto" else setting == "true"
+
+
+def camera_from_info(info, rectified: bool) -> CameraModel:
+    """The lens a sensor_msgs/CameraInfo (rclpy's or a bag reader's) gives an image: a rectified one uses P's 3x3
+    and no distortion, a raw one K and D (REP 104). Raises ValueError, in one line, for what cannot be modelled."""
+    hw = (int(info.height), int(info.width))
+    if rectified:
+        p = np.asarray(info.p, np.float64).reshape(3, 4)
+        if p[0, 0] <= 0 or p[1, 1] <= 0:
+            raise ValueError(f"a rectified image needs P with fx > 0 and fy > 0, got fx={p[0, 0]:g}, "
+                             f"fy={p[1, 1]:g} (a raw image: rectified false)")
+        return CameraModel(p[:, :3], hw)
+    return CameraModel(np.asarray(info.k, np.float64).reshape(3, 3), hw, info.distortion_model, tuple(info.d))

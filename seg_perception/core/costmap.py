@@ -140,6 +140,11 @@ class GroundProjector:
         return self._intrinsics is not None
 
     @property
+    def camera(self) -> CameraModel | None:
+        """The camera model in use (None until intrinsics are known)."""
+        return self._intrinsics
+
+    @property
     def layers(self) -> tuple[str, ...]:
         return tuple(self._luts)
 
@@ -154,7 +159,10 @@ class GroundProjector:
                        d=()) -> None:
         """K (3x3) of an image of size camera_hw and its lens distortion (CameraInfo's names; none by default);
         cheap when unchanged, so it can be called on every CameraInfo."""
-        camera = CameraModel(k, camera_hw, distortion_model, d)
+        self.set_camera(CameraModel(k, camera_hw, distortion_model, d))
+
+    def set_camera(self, camera: CameraModel) -> None:
+        """The camera model of the images; tables are rebuilt only when it differs from the last one."""
         if self._intrinsics is None or self._intrinsics.key != camera.key:
             self._intrinsics = camera
 

@@ -76,6 +76,9 @@ PARAMETERS: dict[str, Spec] = {
                                    "subscribers)", choices=OUTPUT_QOS),
     "camera_info_topic": Spec("camera_info", "sensor_msgs/CameraInfo topic; left at camera_info it is the image "
                                              "topic's sibling (image_transport's rule); empty = use fx/fy/cx/cy"),
+    "rectified": Spec("auto", "whether the images are rectified (image_proc's image_rect: costmaps use CameraInfo's "
+                              "P, no distortion) or raw (K and the lens distortion D); auto = the image topic's "
+                              "resolved name contains 'rect'", choices=("auto", "true", "false")),
     "output_resolution": Spec("camera", "size of mask, confidence, colour and overlay", choices=("camera", "model")),
     "publish_overlay": Spec(True, "offer semantic_mask/overlay (computed only while subscribed)"),
     "publish_compressed": Spec(False, "also offer <topic>/compressed (sensor_msgs/CompressedImage) for the mask (PNG), "
@@ -160,6 +163,7 @@ class NodeParams:
     max_input_pixels: int
     output_qos: str
     camera_info_topic: str
+    rectified: str
     output_resolution: str
     publish_overlay: bool
     publish_compressed: bool

@@ -29,6 +29,7 @@ from seg_perception.backends import Backend, open_backend
 from seg_perception.bags import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, OCCUPANCY_GRID, BagReader,
                                  BagWriter, grid_array, gt_dir_index, image_msg, mono8_array, occupancy_grid_msg,
                                  stamp_ns)
+from seg_perception.core.camera_model import camera_from_info, is_rectified
 from seg_perception.core.costmap import cost_lut, layer_topic
 from seg_perception.core.depth_costmap import DepthProjector
 from seg_perception.core.node_params import PARAMETERS, NodeParams, ParameterError, check
@@ -147,6 +148,12 @@ def node_projector(overrides: dict, class_names, source: str = "seg_node paramet
 def _node_depth_topic(config: BagEvalConfig) -> str:
     """seg_node's `depth_topic` parameter in --params-file ('': the node builds flat-ground costmaps)."""
     return str(_ros_parameters(config.params_file).get("depth_topic", "")) if config.params_file else ""
+
+
+def _rectified(config: BagEvalConfig) -> bool:
+    """seg_node's rule for the bag's image topic: its `rectified` parameter in --params-file, else auto."""
+    setting = _ros_parameters(config.params_file).get("rectified", "auto") if config.params_file else "auto"
+    return is_rectified(setting, config.image_topic)
 
 
 def _projector(config: BagEvalConfig, class_names):
@@ -275,7 +282,6 @@ class _CostmapScoring:
     def __init__(self, projector, fused_lut: np.ndarray, class_names, depth: _DepthPairing | None) -> None:
         self.projector, self.depth = projector, depth
         self.iou = CostmapIoU(tuple(class_names), fused_lut)
-        self.intrinsics: tuple[np.ndarray, tuple[int, int]] | None = None
         # Top-down maps that arrived before their image, and layers (copies) and view of images whose map has not
         # arrived; both by stamp, dropped once SLICE_MARGIN_NS older than the newest frame: a map is logged close
         # to its image, and a bag with maps for some frames only would otherwise keep every other frame's layers.
@@ -310,10 +316,11 @@ class _CostmapScoring:
     def _visible(self, camera_hw: tuple[int, int]) -> np.ndarray:
         from seg_perception.eval.costmap_metrics import visible_cells
 
-        k, k_hw = self.intrinsics
-        key = (k.tobytes(), k_hw, camera_hw, self.projector.pose)
+        camera = self.projector.camera
+        key = (camera.key, camera_hw, self.projector.pose)
         if key != self._visible_key:
-            self._cells_visible = visible_cells(self.projector.grid, self.projector.pose, k, k_hw, camera_hw)
+            self._cells_visible = visible_cells(self.projector.grid, self.projector.pose, camera.k, camera.hw,
+                                                camera_hw, camera.distortion_model, camera.d)
             self._visible_key = key
         return self._cells_visible
 
@@ -346,11 +353,14 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
         except ValueError as exc:
             raise EvalError(f"ground truth at stamp {gt_ns}: {exc}") from None
 
+    rectified = _rectified(config)
+
     def set_intrinsics(msg) -> None:
-        k, hw = np.asarray(msg.k).reshape(3, 3), (msg.height, msg.width)
-        projector.set_intrinsics(k, hw)
-        if scoring is not None:
-            scoring.intrinsics = (k, hw)
+        try:
+            camera = camera_from_info(msg, rectified)
+        except ValueError as exc:
+            raise EvalError(f"CameraInfo on '{info_topic}': {exc}") from None
+        projector.set_camera(camera)
 
     if projector is not None:  # intrinsics before the first frame, whatever the message order
         set_intrinsics(reader.first(info_topic))

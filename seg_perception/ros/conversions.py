@@ -148,20 +148,22 @@ def k_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
 
 
 def scaled_camera_info(out: CameraInfo, k: np.ndarray, k_hw: tuple[int, int], out_hw: tuple[int, int],
-                       header: Header, source: CameraInfo | None = None) -> CameraInfo:
-    """Fill `out` to describe an image of size out_hw showing the same view as the k_hw image K belongs to."""
+                       header: Header, source: CameraInfo | None = None, rectified: bool = False) -> CameraInfo:
+    """Fill `out` to describe an image of size out_hw showing the same view as the k_hw image K belongs to.
+    rectified: the image is already rectified (k is source's P 3x3), so no distortion or rectification is left."""
     sx, sy = out_hw[1] / k_hw[1], out_hw[0] / k_hw[0]
     scale = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])  # pixel centres
     ks = scale @ k
     out.header = header
     out.height, out.width = int(out_hw[0]), int(out_hw[1])
     out.k = ks.ravel().tolist()
-    if source is not None and any(source.p):
-        p = scale @ np.asarray(source.p, np.float64).reshape(3, 4)
+    calibrated = source is not None and any(source.p)
+    p = scale @ np.asarray(source.p, np.float64).reshape(3, 4) if calibrated else np.hstack([ks, np.zeros((3, 1))])
+    if calibrated and not rectified:
         out.distortion_model, out.d, out.r = source.distortion_model, source.d, source.r
     else:
-        p = np.hstack([ks, np.zeros((3, 1))])
-        # fx/fy/cx/cy alone (no CameraInfo, or a refused one): no distortion is known, so none is claimed.
+        # fx/fy/cx/cy alone (no CameraInfo, or a refused one): no distortion is known, so none is claimed; a
+        # rectified image has none left.
         out.distortion_model, out.d = "", []
         out.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     out.p = p.ravel().tolist()

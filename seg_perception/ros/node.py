@@ -27,6 +27,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from seg_perception.backends import BackendError, is_file_artifact, open_backend
 from seg_perception.core import trace
+from seg_perception.core.camera_model import CameraModel, camera_from_info, is_rectified
 from seg_perception.core.costmap import layer_topic, same_aspect
 from seg_perception.core.depth_costmap import DepthDecoder, DepthError, DepthProjector, check_registered
 from seg_perception.core.frame_slot import LatestFrameSlot
@@ -116,7 +117,8 @@ class SegNodeParts:
         self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
         self._camera_info: CameraInfo | None = None  # the latest one with valid fields (set by the executor)
         self._misfit_camera_info: CameraInfo | None = None  # the latest one refused for its size (counted once)
-        self._fitting_intrinsics: tuple[np.ndarray, tuple[int, int], CameraInfo] | None = None  # the last good one
+        # the last good one: K, its image size, the CameraInfo, and the camera model (lens) it gives
+        self._fitting_intrinsics: tuple[np.ndarray, tuple[int, int], CameraInfo, CameraModel] | None = None
         self._last_arrival_ns: int | None = None  # perf_counter clock; None until the first frame
         self._camera_frame = ""  # the images' frame_id: /diagnostics' hardware_id once known
 
@@ -161,6 +163,7 @@ class SegNodeParts:
 
         self.inputs = resolve_inputs(p.input_topic, p.camera_info_topic, p.input_type == "compressed",
                                      self.resolve_topic_name)
+        self.rectified = is_rectified(p.rectified, self.inputs.image)  # CameraInfo's P, else its K and D
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
         self._worker.start()
@@ -189,7 +192,8 @@ class SegNodeParts:
         return (f"model '{info.name}' {info.input_size[0]}x{info.input_size[1]} on {self.backend.describe()} "
                 f"(warm-up: {p.warmup_frames} frames, {self._warm_up_ms:.0f} ms); "
                 f"listening on {self.inputs.image} ({p.input_type}, {p.input_qos}), camera_info on "
-                f"{self.inputs.camera_info or '(none: fx/fy/cx/cy)'}; camera pose from "
+                f"{self.inputs.camera_info or '(none: fx/fy/cx/cy)'} "
+                f"({'rectified: P' if self.rectified else 'raw: K and D'}); camera pose from "
                 f"{'TF' if self.pose_source.uses_tf else 'the camera_* parameters'}")
 
     # --- executor thread: cheap -------------------------------------------------------------------
@@ -206,6 +210,11 @@ class SegNodeParts:
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         problem = conv.camera_info_problem(msg)
+        if not problem:
+            try:
+                camera_from_info(msg, self.rectified)
+            except ValueError as exc:
+                problem = str(exc)
         if problem:
             self._refuse_camera_info(problem)
         else:
@@ -329,7 +338,8 @@ class SegNodeParts:
         if want_info and k_source is not None:
             out_hw = cam_hw if self.params.output_resolution == "camera" else self.backend.info.input_size
             k, k_hw, source = k_source
-            self.pub_info.publish(conv.scaled_camera_info(self._out_info, k, k_hw, out_hw, header, source))
+            self.pub_info.publish(conv.scaled_camera_info(self._out_info, k, k_hw, out_hw, header, source,
+                                                          self.rectified))
         tracer.span(slot, trace.PUBLISH, t_pub)
         tracer.commit(slot)
         self.published += 1
@@ -389,14 +399,17 @@ class SegNodeParts:
         if info is not None and info is not self._misfit_camera_info and (fitting is None or info is not fitting[2]):
             k, k_hw = conv.intrinsics(info)
             if same_aspect(k_hw, cam_hw):
-                fitting = self._fitting_intrinsics = (k, k_hw, info)
+                camera = camera_from_info(info, self.rectified)  # checked where it arrived
+                if self.rectified:  # the mask is rectified too: its CameraInfo's K is P's 3x3
+                    k = camera.k
+                fitting = self._fitting_intrinsics = (k, k_hw, info, camera)
             else:
                 self._misfit_camera_info = info
                 self._refuse_camera_info(f"it is for {k_hw[1]}x{k_hw[0]} images, the camera sends "
                                          f"{cam_hw[1]}x{cam_hw[0]} (another aspect ratio)")
         if fitting is not None and same_aspect(fitting[1], cam_hw):
-            self.projector.set_intrinsics(fitting[0], fitting[1])
-            return fitting
+            self.projector.set_camera(fitting[3])
+            return fitting[:3]
         p = self.params
         if p.fx <= 0:
             self.get_logger().warning(
