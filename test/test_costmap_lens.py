@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_perception.core.camera_model import CameraModel
+from seg_perception.core.camera_model import CameraModel, camera_from_info, is_rectified
 from seg_perception.core.costmap import FUSED, LETHAL, CameraPose, GridSpec, rotation_grid_from_optical
 from seg_perception.core.depth_costmap import DepthProjector, DepthSpec
 
@@ -121,3 +121,28 @@ def test_a_rescaled_model_projects_as_opencv_does_at_its_own_size():
     assert np.allclose(pixels, want, atol=1e-9)
     rays = camera.rays(pixels, (H, W))
     assert np.allclose(rays, points[:, :2] / points[:, 2:], atol=1e-9)  # rays undo project
+
+
+class _Info:  # the CameraInfo fields camera_from_info reads (it takes rclpy's and a bag reader's alike)
+    def __init__(self, **fields) -> None:
+        self.height, self.width, self.distortion_model, self.d = H, W, "plumb_bob", [-0.3, 0.1, 0.0, 0.0, 0.0]
+        self.k = [200.0, 0, 159.5, 0, 200.0, 119.5, 0, 0, 1]
+        self.p = [150.0, 0, 160.0, 0, 0, 150.0, 120.0, 0, 0, 0, 1, 0]
+        self.__dict__.update(fields)
+
+
+def test_rectified_images_use_p_and_raw_ones_k_and_d():
+    assert [is_rectified("auto", t) for t in ("/cam/image_rect", "/cam/image_rect_color", "/cam/image_raw")] == \
+        [True, True, False]
+    assert is_rectified("true", "/cam/image_raw") and not is_rectified("false", "/cam/image_rect")
+    rect = camera_from_info(_Info(distortion_model="whatever"), rectified=True)
+    assert np.array_equal(rect.k, [[150, 0, 160], [0, 150, 120], [0, 0, 1]]) and not rect.distorted
+    raw = camera_from_info(_Info(), rectified=False)
+    assert raw.k[0, 0] == 200 and raw.distorted and raw.distortion_model == "plumb_bob"
+    assert not camera_from_info(_Info(distortion_model="", d=[]), rectified=False).distorted
+    for fields, problem in (({"distortion_model": "kannala"}, "distortion model 'kannala' is not one of"),
+                            ({"d": [-0.3, 0.1]}, "plumb_bob needs 5 coefficients in D, got 2")):
+        with pytest.raises(ValueError, match=problem):
+            camera_from_info(_Info(**fields), rectified=False)
+    with pytest.raises(ValueError, match="a rectified image needs P"):
+        camera_from_info(_Info(p=[0.0] * 12), rectified=True)

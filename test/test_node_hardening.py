@@ -71,6 +71,42 @@ def test_bad_camera_info_is_refused_counted_and_the_last_good_one_kept(half_road
     assert rc == 0, node.log.read_text(errors="replace")
 
 
+def test_an_image_rect_topic_projects_through_p_not_k(half_road, peer, start_node):
+    """image_proc's image_rect: the costmap and semantic_mask/camera_info use P's 3x3 (here half K's focal length)
+    and no distortion, whatever D says."""
+    from seg_perception.eval.bag_eval import node_projector
+    from seg_perception.labels import CITYSCAPES_CLASSES
+
+    params = dict(camera_pitch=0.3, camera_height=1.0, costmap_size_x=6.0, costmap_size_y=4.0, costmap_origin_y=-2.0)
+    start_node(dict(model=str(half_road), threads=1, input_topic="image_rect", **params))
+    for topic, msg_type in {"/semantic_costmap": OccupancyGrid, "/semantic_mask/camera_info": CameraInfo,
+                            "/semantic_mask": Image}.items():
+        peer.subscribe(msg_type, topic)
+    pub = peer.publisher(Image, "/image_rect")
+    info_pub = peer.publisher(CameraInfo, "/camera_info", reliable=True)
+    info = camera_info(f=80.0)
+    info.distortion_model, info.d = "no_such_lens", [-0.3, 0.1]  # the raw lens: image_rect has none left
+    p = np.array([[40.0, 0, 70.0, 0], [0, 40.0, 50.0, 0], [0, 0, 1, 0]])
+    info.p = p.ravel().tolist()
+
+    def frame(stamp):
+        info_pub.publish(info)
+        return image_msg(rgb_frame(), stamp)
+
+    stamp = serve_until_ready(peer, pub, frame, topic="/semantic_costmap")
+    cells = np.asarray(peer.find("/semantic_costmap", stamp).data, np.int8)
+    out_info = peer.find("/semantic_mask/camera_info", stamp)
+    assert np.allclose(np.reshape(out_info.k, (3, 3)), p[:, :3]) and list(out_info.d) == []
+    mask = peer.find("/semantic_mask", stamp)
+    labels = np.frombuffer(mask.data, np.uint8).reshape(mask.height, mask.width)
+    expected = {}
+    for name, k in (("P", p[:, :3]), ("K", np.reshape(info.k, (3, 3)))):
+        projector, _ = node_projector(params, CITYSCAPES_CLASSES)
+        projector.set_intrinsics(k, (CAM_H, CAM_W))
+        expected[name] = projector.project(labels, (CAM_H, CAM_W))[""].ravel()
+    assert np.array_equal(cells, expected["P"]) and not np.array_equal(cells, expected["K"])
+
+
 def test_oversized_and_odd_width_yuv_frames_are_rejected_with_a_reason(half_road, peer, start_node):
     node = start_node(dict(model=str(half_road), threads=1, diagnostics_period=0.2, camera_info_topic="",
                            max_input_pixels=CAM_H * CAM_W))

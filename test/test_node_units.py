@@ -119,6 +119,9 @@ def test_grid_out_and_scaled_camera_info():
     assert info.distortion_model == "plumb_bob"
     conv.scaled_camera_info(info, k, (480, 640), (240, 320), Header(frame_id="cam"))
     assert (info.distortion_model, list(info.d)) == ("", [])
+    # A rectified image (K given as P's 3x3) has no distortion left, whatever the raw lens was.
+    conv.scaled_camera_info(info, k, (480, 640), (240, 320), Header(frame_id="cam"), source, rectified=True)
+    assert (info.distortion_model, list(info.d)) == ("", []) and info.p[0] == 50.0
 
 
 # --- parameters and config/seg.yaml ----------------------------------------------------------------
