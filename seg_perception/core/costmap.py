@@ -263,19 +263,21 @@ class GroundRemapTable:
         np.copyto(self.pixels, values, casting="unsafe")
 
     def _distort(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, visible: np.ndarray, test: np.ndarray) -> None:
-        """x, y (optical frame, per cell) -> the camera pixel the lens shows each at; cells too far off the axis
-        for the lens model to hold (past the image border's widest ray) are left invisible."""
+        """x, y (optical frame, per cell) -> the camera pixel the lens shows each at, for the visible cells only
+        (OpenCV's projection is most of a re-aim); cells too far off the axis for the lens model to hold (past the
+        image border's widest ray) are left invisible."""
         x /= z
         y /= z
         np.hypot(x, y, out=z)
         np.less_equal(z, self.camera.max_radius * 1.01, out=test)
         visible &= test
-        np.logical_not(visible, out=test)
-        np.copyto(x, 0.0, where=test)  # off-axis values far out would overflow the polynomial
-        np.copyto(y, 0.0, where=test)
-        z.fill(1.0)
-        pixels = self.camera.project(np.stack([x, y, z], -1), self.camera_hw)
-        x.reshape(-1)[:], y.reshape(-1)[:] = pixels[:, 0], pixels[:, 1]
+        seen = np.flatnonzero(visible)
+        points = np.ones((seen.size, 3))
+        np.take(x, seen, out=points[:, 0])
+        np.take(y, seen, out=points[:, 1])
+        pixels = self.camera.project(points, self.camera_hw)
+        x.put(seen, pixels[:, 0])
+        y.put(seen, pixels[:, 1])
 
 
 def ground_remap_table(grid: GridSpec, pose: CameraPose, k: np.ndarray, k_hw: tuple[int, int],
