@@ -307,3 +307,15 @@ def test_depth_pairs_with_the_nearest_image_within_the_nodes_depth_tolerance():
         assert pairing.paired(188 * ms, (8, 16))[0, 0] == 3.0  # the nearest, not the latest before the frame
         paired = pairing.paired(150 * ms, (8, 16))  # 50 ms from both
         assert (paired if paired is None else paired[0, 0]) == at_150ms
+
+
+def test_bag_evaluation_takes_the_nodes_rectified_rule(tmp_path):
+    """The bag's CameraInfo is read as seg_node would read it: by the image topic's name, or as --params-file says."""
+    from seg_perception.eval.bag_eval import BagEvalConfig, _rectified
+
+    params = tmp_path / "seg.yaml"
+    params.write_text('/**:\n  ros__parameters:\n    rectified: "true"\n')
+    bag = tmp_path / "b"
+    assert _rectified(BagEvalConfig(bag, "/camera/image_rect", gt_topic="/gt"))
+    assert not _rectified(BagEvalConfig(bag, "/camera/image_raw", gt_topic="/gt"))
+    assert _rectified(BagEvalConfig(bag, "/camera/image_raw", gt_topic="/gt", params_file=params))
