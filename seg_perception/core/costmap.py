@@ -3,7 +3,8 @@
 Every grid cell centre on the ground (z = 0 in the robot frame) is projected into the camera through the camera
 model (intrinsics and lens distortion) and the camera pose; the resulting ground remap table (cell -> label pixel)
 is kept per (camera model, label shape) and re-aimed in its own buffers when the pose changes, so a frame costs
-one gather per layer (plus about a millisecond on a 200x200 grid when the camera moved, more through a lens). Cells the camera cannot see stay -1.
+one gather per layer (plus about a millisecond on a 200x200 grid when the camera moved, more through a lens).
+Cells the camera cannot see stay -1.
 
 Flat-ground assumption: everything is treated as lying on z = 0, so tall objects smear away from the camera.
 """
