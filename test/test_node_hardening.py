@@ -48,13 +48,16 @@ def test_bad_camera_info_is_refused_counted_and_the_last_good_one_kept(half_road
     good_k = list(peer.find("/semantic_mask/camera_info", stamp).k)
     assert (good_cells != -1).any()
 
-    bad = [camera_info(), camera_info(), camera_info(), camera_info(), camera_info(0, 0), camera_info(100, 100)]
+    bad = [camera_info(), camera_info(), camera_info(), camera_info(), camera_info(), camera_info(0, 0),
+           camera_info(100, 100)]
     bad[0].k[4] = -80.0  # fx > 0, fy <= 0: an uncaught ValueError ended the node before
     bad[1].k[2] = math.nan
     bad[2].d[1] = math.inf
     bad[3].k[6] = 0.5
+    bad[4].distortion_model, bad[4].d = "fisheye62", [0.1] * 5  # a raw image's lens the node cannot model
     reasons = ["fx > 0 and fy > 0", "K holds NaN or inf", "D holds NaN or inf", "not a camera matrix",
-               "no image size", "another aspect ratio"]  # the last: 100x100 intrinsics for 160x96 frames
+               "distortion model 'fisheye62' is not one of", "no image size",
+               "another aspect ratio"]  # the last: 100x100 intrinsics for 160x96 frames
     for i, (info, reason) in enumerate(zip(bad, reasons)):
         info_pub.publish(info)
         time.sleep(0.3)
