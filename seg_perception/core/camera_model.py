@@ -63,12 +63,12 @@ class CameraModel:
     def project(self, points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         """[n, 2] float64 pixels (x, y; centres at integer coordinates) at image size hw of [n, 3] points in the
         optical frame (z > 0)."""
-        points = np.ascontiguousarray(points, np.float64).reshape(-1, 1, 3)
+        points = np.asarray(points, np.float64).reshape(-1, 3)
+        if self.fisheye:  # distortPoints skips the Jacobian projectPoints computes: 5x faster
+            normalised = np.ascontiguousarray(points[:, :2] / points[:, 2:]).reshape(-1, 1, 2)
+            return cv2.fisheye.distortPoints(normalised, self.k_at(hw), self.d).reshape(-1, 2)
         zero = np.zeros(3)
-        if self.fisheye:
-            pixels, _ = cv2.fisheye.projectPoints(points, zero, zero, self.k_at(hw), self.d)
-        else:
-            pixels, _ = cv2.projectPoints(points, zero, zero, self.k_at(hw), self.d)
+        pixels, _ = cv2.projectPoints(points.reshape(-1, 1, 3), zero, zero, self.k_at(hw), self.d)
         return pixels.reshape(-1, 2)
 
     def rays(self, pixels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
