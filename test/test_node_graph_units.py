@@ -24,7 +24,8 @@ from std_msgs.msg import Header  # noqa: E402
 from test_node_dds import CAM_H, CAM_W, COSTMAP_PARAMS, half_road, image_msg  # noqa: E402,F401
 
 from seg_perception.core.costmap import CameraPose, rotation_grid_from_optical  # noqa: E402
-from seg_perception.ros.camera_pose import CameraPoseSource, pose_from_transform, rotation_from_quaternion  # noqa: E402
+from seg_perception.ros.camera_pose import (CameraPoseSource, open_pose_source, pose_from_transform,  # noqa: E402
+                                            rotation_from_quaternion)
 from seg_perception.ros.conversions import CompressedOut  # noqa: E402
 from seg_perception.ros.health import Counts, HealthWindow  # noqa: E402
 from seg_perception.ros.topics import resolve_inputs, sibling  # noqa: E402
@@ -200,6 +201,21 @@ def test_pose_source_falls_back_or_refuses_by_mode():
     assert tf.pose("other", stamp) is None  # no costmap rather than one from a wrong pose
     late.append(True)  # TF placed cam_optical before: a late transform skips the frame, never the parameters
     assert auto.pose("cam_optical", stamp) is None and "cam_optical" in auto.last_problem
+
+
+def test_closing_a_pose_source_leaves_the_node_as_it_was(graph_node):
+    """The managed node closes its pose source on every cleanup (and a failed configure): closing one without
+    TF subscriptions is harmless, twice too, and takes nothing of the node's."""
+    node = graph_node()
+    node.create_subscription(Header, "other", lambda msg: None, 1)
+    parameters = CameraPose(height=1.0)
+    sources = [CameraPoseSource("parameters", parameters),
+               open_pose_source(node, "parameters", "base_link", 0.1, parameters)]
+    for source in sources:
+        source.close()
+        source.close()
+        assert source.listener is None and source.pose("cam_optical", Header().stamp) == parameters
+    assert [s.topic_name for s in node.subscriptions] == ["/other"]
 
 
 def test_label_info_is_skipped_with_one_line_without_vision_msgs(graph_node, capfd):

@@ -59,6 +59,13 @@ class CameraPoseSource:
         self.last_problem = ""
         self._lookup = lookup
         self._placed_by_tf: set[str] = set()
+        self.listener = None  # tf2_ros' TransformListener behind `lookup`: its /tf subscriptions live on the node
+
+    def close(self) -> None:
+        """Drop the /tf and /tf_static subscriptions, so that configuring the node again does not add more."""
+        if self.listener is not None:
+            self.listener.unregister()
+            self.listener = None
 
     def pose(self, frame_id: str, stamp: Time) -> CameraPose | None:
         if self._lookup is None:
@@ -105,5 +112,5 @@ def open_pose_source(node: Node, mode: str, costmap_frame: str, timeout_s: float
                               f"{exc}") from None
 
     source = CameraPoseSource(mode, parameter_pose, lookup)
-    source.listener = listener  # keeps the /tf subscriptions alive
+    source.listener = listener
     return source

@@ -27,7 +27,7 @@ class SegLifecycleNode(SegNodeParts, LifecycleNode):
     def __init__(self, **node_kwargs) -> None:
         super().__init__("seg_node", **node_kwargs)
         self.finished = Future()  # done once shut down: the process then exits
-        self.backend = self._worker = None  # set while configured
+        self.backend = self._worker = self.pose_source = None  # set while configured
         self._output_publishers: list = []
         self._input_subscriptions: list = []
         self._diagnostics_timer = None
@@ -45,6 +45,8 @@ class SegLifecycleNode(SegNodeParts, LifecycleNode):
             self.get_logger().error(f"cannot configure: {exc if known else f'{type(exc).__name__}: {exc}'}")
             if self.backend is not None:  # opened before the failure
                 self.backend.close()
+            if self.pose_source is not None:
+                self.pose_source.close()
             self._release()
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info("configured; activate to subscribe")
@@ -93,7 +95,7 @@ class SegLifecycleNode(SegNodeParts, LifecycleNode):
         self._release()
 
     def _release(self) -> None:
-        self.backend = self._worker = None
+        self.backend = self._worker = self.pose_source = None
         for publisher in self._output_publishers:
             self.destroy_lifecycle_publisher(publisher)
         self._output_publishers = []

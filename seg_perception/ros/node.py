@@ -484,6 +484,7 @@ class SegNodeParts:
             except Exception as exc:
                 self.get_logger().error(f"cannot write trace_file {self.params.trace_file}: {exc}")
         self.backend.close()
+        self.pose_source.close()
 
 
 class SegNode(SegNodeParts, Node):
