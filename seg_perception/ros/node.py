@@ -119,6 +119,7 @@ class SegNodeParts:
         self._misfit_camera_info: CameraInfo | None = None  # the latest one refused for its size (counted once)
         # the last good one: K, its image size, the CameraInfo, and the camera model (lens) it gives
         self._fitting_intrinsics: tuple[np.ndarray, tuple[int, int], CameraInfo, CameraModel] | None = None
+        self._parameter_camera: tuple[tuple, CameraModel] | None = None  # from fx/fy/cx/cy, keyed on them and the size
         self._last_arrival_ns: int | None = None  # perf_counter clock; None until the first frame
         self._camera_frame = ""  # the images' frame_id: /diagnostics' hardware_id once known
 
@@ -416,10 +417,15 @@ class SegNodeParts:
                 f"no CameraInfo on '{self.inputs.camera_info}' and parameter fx is 0: costmaps and "
                 f"semantic_mask/camera_info wait for intrinsics", throttle_duration_sec=THROTTLE_S)
             return None
-        h, w = cam_hw
-        k = conv.k_matrix(p.fx, p.fy or p.fx, p.cx if p.cx >= 0 else (w - 1) / 2, p.cy if p.cy >= 0 else (h - 1) / 2)
-        self.projector.set_intrinsics(k, cam_hw)
-        return k, cam_hw, None
+        key = (cam_hw, p.fx, p.fy, p.cx, p.cy)
+        if self._parameter_camera is None or self._parameter_camera[0] != key:  # built once per size and values
+            h, w = cam_hw
+            k = conv.k_matrix(p.fx, p.fy or p.fx, p.cx if p.cx >= 0 else (w - 1) / 2,
+                              p.cy if p.cy >= 0 else (h - 1) / 2)
+            self._parameter_camera = (key, CameraModel(k, cam_hw))
+        camera = self._parameter_camera[1]
+        self.projector.set_camera(camera)
+        return camera.k, cam_hw, None
 
     def _latency_msg(self, header, slot: int, inference_ms: float) -> DiagnosticArray:
         durations = trace.span_durations_ms(self.tracer.spans[slot:slot + 1])[0]
