@@ -123,11 +123,6 @@ class PointCloudOut:
         return msg
 
 
-def intrinsics(info: CameraInfo) -> tuple[np.ndarray, tuple[int, int]]:
-    """K as 3x3 and the (height, width) it refers to."""
-    return np.asarray(info.k, np.float64).reshape(3, 3), (int(info.height), int(info.width))
-
-
 def camera_info_problem(info: CameraInfo) -> str:
     """Why `info` cannot give intrinsics ('' when it can): the size, K, D, R and P are all checked."""
     if info.height <= 0 or info.width <= 0:

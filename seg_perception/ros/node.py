@@ -115,10 +115,11 @@ class SegNodeParts:
         self._depth_decoder = DepthDecoder(p.max_input_pixels)
         self._depth_paired = False  # the current frame found its depth image
         self.last_problem = ""  # the latest rejection or failure, in /diagnostics (log lines are throttled)
-        self._camera_info: CameraInfo | None = None  # the latest one with valid fields (set by the executor)
-        self._misfit_camera_info: CameraInfo | None = None  # the latest one refused for its size (counted once)
-        # the last good one: K, its image size, the CameraInfo, and the camera model (lens) it gives
-        self._fitting_intrinsics: tuple[np.ndarray, tuple[int, int], CameraInfo, CameraModel] | None = None
+        # The latest valid CameraInfo with the camera model (lens) it gives, set by the executor as one tuple, so
+        # the worker never sees a message with another message's model.
+        self._camera_info: tuple[CameraInfo, CameraModel] | None = None
+        self._misfit_camera_info: tuple[CameraInfo, CameraModel] | None = None  # refused for its size (counted once)
+        self._fitting_camera_info: tuple[CameraInfo, CameraModel] | None = None  # the last good one
         self._parameter_camera: tuple[tuple, CameraModel] | None = None  # from fx/fy/cx/cy, keyed on them and the size
         self._last_arrival_ns: int | None = None  # perf_counter clock; None until the first frame
         self._camera_frame = ""  # the images' frame_id: /diagnostics' hardware_id once known
@@ -213,13 +214,11 @@ class SegNodeParts:
         problem = conv.camera_info_problem(msg)
         if not problem:
             try:
-                camera_from_info(msg, self.rectified)
+                self._camera_info = (msg, camera_from_info(msg, self.rectified))  # the worker takes it next frame
+                return
             except ValueError as exc:
                 problem = str(exc)
-        if problem:
-            self._refuse_camera_info(problem)
-        else:
-            self._camera_info = msg  # the worker takes it on its next frame
+        self._refuse_camera_info(problem)
 
     def _refuse_camera_info(self, problem: str) -> None:
         """Count and report a CameraInfo the node will not use; it keeps the last good one or fx/fy/cx/cy."""
@@ -396,21 +395,19 @@ class SegNodeParts:
     def _intrinsics(self, cam_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int], CameraInfo | None] | None:
         """K, the image size it belongs to and its CameraInfo: the last valid CameraInfo whose size fits the frame,
         else the fx/fy/cx/cy parameters (then no CameraInfo)."""
-        info, fitting = self._camera_info, self._fitting_intrinsics
-        if info is not None and info is not self._misfit_camera_info and (fitting is None or info is not fitting[2]):
-            k, k_hw = conv.intrinsics(info)
+        arrived, fitting = self._camera_info, self._fitting_camera_info
+        if arrived is not None and arrived is not self._misfit_camera_info and arrived is not fitting:
+            k_hw = arrived[1].hw
             if same_aspect(k_hw, cam_hw):
-                camera = camera_from_info(info, self.rectified)  # checked where it arrived
-                if self.rectified:  # the mask is rectified too: its CameraInfo's K is P's 3x3
-                    k = camera.k
-                fitting = self._fitting_intrinsics = (k, k_hw, info, camera)
+                fitting = self._fitting_camera_info = arrived
             else:
-                self._misfit_camera_info = info
+                self._misfit_camera_info = arrived
                 self._refuse_camera_info(f"it is for {k_hw[1]}x{k_hw[0]} images, the camera sends "
                                          f"{cam_hw[1]}x{cam_hw[0]} (another aspect ratio)")
-        if fitting is not None and same_aspect(fitting[1], cam_hw):
-            self.projector.set_camera(fitting[3])
-            return fitting[:3]
+        if fitting is not None and same_aspect(fitting[1].hw, cam_hw):
+            info, camera = fitting  # a rectified image's K is P's 3x3: its mask is rectified too
+            self.projector.set_camera(camera)
+            return camera.k, camera.hw, info
         p = self.params
         if p.fx <= 0:
             self.get_logger().warning(
