@@ -162,6 +162,11 @@ def _far_corner(grid: GridSpec, pose: CameraPose) -> float:
                for y in (grid.origin_y, grid.origin_y + grid.size_y))
 
 
+def _focal_labels(camera: CameraModel, labels_hw: tuple[int, int]) -> float:
+    """Label pixels per unit of tan(angle)."""
+    return camera.k[0, 0] * labels_hw[1] / camera.hw[1]
+
+
 class _DepthGeometry:
     """What project_depth needs besides the frame, and its reused buffers. Built once per (camera model, sizes,
     grid, stride): the samples, their optical-frame rays, the cell centres; `aim` then rewrites in place, with no
@@ -177,7 +182,7 @@ class _DepthGeometry:
     def __init__(self, camera: CameraModel, camera_hw: tuple[int, int],
                  labels_hw: tuple[int, int], depth_hw: tuple[int, int], grid: GridSpec, stride: int) -> None:
         self.grid, self.labels_hw, self.stride = grid, labels_hw, stride
-        self.focal_labels = camera.k[0, 0] * labels_hw[1] / camera.hw[1]  # label pixels per unit of tan(angle)
+        self.focal_labels = _focal_labels(camera, labels_hw)
         samples = self.samples = _Samples(camera, camera_hw, labels_hw, depth_hw, stride)
         n, n_cells = samples.size, grid.height * grid.width
         self.allowed = samples.label_row < labels_hw[0] * (1 - grid.ignore_bottom)  # the hood rows never mark
@@ -211,14 +216,13 @@ class _DepthGeometry:
                         "cell_mark": np.empty(n_cells, bool)}
 
     @staticmethod
-    def stride_for(camera: CameraModel, labels_hw: tuple[int, int], grid: GridSpec, pose: CameraPose) -> int:
-        focal_labels = camera.k[0, 0] * labels_hw[1] / camera.hw[1]
-        return max(1, int(0.5 * grid.resolution * focal_labels / max(_far_corner(grid, pose), grid.resolution)))
+    def stride_for(focal_labels: float, grid: GridSpec, far: float) -> int:
+        """far: the pose's `_far_corner`."""
+        return max(1, int(0.5 * grid.resolution * focal_labels / max(far, grid.resolution)))
 
-    def aim(self, pose: CameraPose, table_cells: np.ndarray, table_pixels: np.ndarray) -> None:
-        """Rewrite everything the pose changes; table_*: the flat-ground table for this pose."""
+    def aim(self, pose: CameraPose, far: float, table_cells: np.ndarray, table_pixels: np.ndarray) -> None:
+        """Rewrite everything the pose changes; far: its `_far_corner`; table_*: the flat-ground table for it."""
         grid, resolution = self.grid, np.float32(self.grid.resolution)
-        far = _far_corner(grid, pose)
         rotation = rotation_grid_from_optical(pose)
         np.multiply(rotation[:, :1, None], self._ray_x, out=self._column_term)
         np.multiply(rotation[:, 1:2, None], self._ray_y, out=self._row_term)
@@ -317,7 +321,7 @@ class DepthProjector(GroundProjector):
                             for name in self._luts}
         self._depth_grids = {name: flat.reshape(grid.height + 2, grid.width + 2)[1:-1, 1:-1]
                              for name, flat in self._depth_flat.items()}
-        self._geometry_key: tuple | None = None  # (camera model, sizes, stride) of self._geometry
+        self._geometry_key: tuple | None = None  # (camera model, sizes) of self._geometry
         self._geometry_pose: CameraPose | None = None  # the pose self._geometry is aimed at
         self._cloud_key: tuple | None = None
         self.points_used = 0  # samples that marked a cell in the latest project_depth
@@ -415,14 +419,14 @@ class DepthProjector(GroundProjector):
 
     def _ensure_geometry(self, camera: CameraModel, camera_hw, labels_hw, depth_hw) -> _DepthGeometry:
         table = self._ensure_table(camera, labels_hw, camera_hw)  # the flat-ground table, kept by GroundProjector
-        pose = self._pose
-        key = (camera.key, camera_hw, labels_hw, depth_hw,
-               _DepthGeometry.stride_for(camera, labels_hw, self.grid, pose))
-        if key != self._geometry_key:
-            self._geometry = _DepthGeometry(camera, camera_hw, labels_hw, depth_hw, self.grid, key[-1])
-            self._geometry_key, self._geometry_pose = key, None
-        if pose != self._geometry_pose:
-            self._geometry.aim(pose, table.cells, table.pixels)
+        pose, key = self._pose, (camera.key, camera_hw, labels_hw, depth_hw)
+        if key != self._geometry_key or pose != self._geometry_pose:  # the stride depends on both
+            far = _far_corner(self.grid, pose)
+            stride = _DepthGeometry.stride_for(_focal_labels(camera, labels_hw), self.grid, far)
+            if key != self._geometry_key or stride != self._geometry.stride:
+                self._geometry = _DepthGeometry(camera, camera_hw, labels_hw, depth_hw, self.grid, stride)
+                self._geometry_key = key
+            self._geometry.aim(pose, far, table.cells, table.pixels)
             self._geometry_pose = pose
         return self._geometry
 
