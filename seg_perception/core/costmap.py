@@ -132,6 +132,7 @@ class GroundProjector:
         self._table_key: tuple | None = None  # (camera model, camera size, label size) of self._table
         self._table: GroundRemapTable | None = None
         self._table_pose: CameraPose | None = None  # the pose self._table is aimed with
+        self._grids_stale = False  # the table was re-aimed since `project` last drew: cells may have left the view
         self._picked = np.empty(grid.height * grid.width, np.uint8)  # per visible cell: its label, its cost
         self._costs = np.empty(grid.height * grid.width, np.int8)
 
@@ -173,6 +174,10 @@ class GroundProjector:
         if intrinsics is None:
             return {}
         table = self._ensure_table(intrinsics, labels.shape, tuple(camera_hw))
+        if self._grids_stale:  # cleared here, not on re-aim: depth-built costmaps re-aim without drawing these
+            for grid in self._grids.values():
+                grid.fill(UNKNOWN)
+            self._grids_stale = False
         picked, costs = self._picked[: table.cells.size], self._costs[: table.cells.size]
         np.take(labels.reshape(-1), table.pixels, out=picked)
         for name, lut in self._luts.items():
@@ -190,8 +195,7 @@ class GroundProjector:
         if self._pose != self._table_pose:
             self._table.aim(self._pose)
             self._table_pose = self._pose
-            for grid in self._grids.values():  # cells that left the view are unknown again
-                grid.fill(UNKNOWN)
+            self._grids_stale = True
         return self._table
 
 
