@@ -343,8 +343,7 @@ def score_costmaps(received: Received, bag: Path, projector, fused_lut: np.ndarr
             truth = resample_truth(grid_array(msg), msg.info.resolution, msg.info.origin.position.x,
                                    msg.info.origin.position.y, projector.grid)
             if visible is None:
-                visible = visible_cells(projector.grid, projector.pose, camera.k, camera.hw, mask.shape,
-                                        camera.distortion_model, camera.d)
+                visible = visible_cells(projector.grid, projector.pose, camera, mask.shape)
             flat = projector.project(mask, mask.shape)
             iou.add("flat_ground", flat, truth, visible)
             iou.add("depth", depth_layers, truth, visible)

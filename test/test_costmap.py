@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from seg_perception.core.camera_model import CameraModel
 from seg_perception.core.costmap import (FUSED, LETHAL, UNKNOWN, CameraPose, GridSpec, GroundProjector,
                                          cost_lut, ground_remap_table)
 from seg_perception.labels import CITYSCAPES_CLASSES, IGNORE_ID
@@ -114,7 +115,8 @@ def test_pose_yaw_and_offset_move_the_view():
     seen = left != UNKNOWN
     assert seen.any() and (ys[seen] > 0).all()
     # Camera 2 m ahead of base_link: the near edge of the view moves 2 m forward.
-    cells, _ = ground_remap_table(GRID, CameraPose(x=2.0, height=HEIGHT, pitch=PITCH), K, (H, W), (H, W), (H, W))
+    cells, _ = ground_remap_table(GRID, CameraPose(x=2.0, height=HEIGHT, pitch=PITCH), CameraModel(K, (H, W)), (H, W),
+                                  (H, W))
     d_near = HEIGHT / math.tan(PITCH + math.atan((H / 2) / F))
     assert xs.ravel()[cells].min() == pytest.approx(2.0 + d_near, abs=0.15)
 
@@ -156,7 +158,7 @@ def test_remap_table_is_kept_and_reaimed_in_place():
     proj.set_pose(moved)
     proj.project(labels, (H, W))
     assert proj._table is table  # re-aimed in its buffers
-    want_cells, want_pixels = ground_remap_table(GRID, moved, K, (H, W), (H, W), (H, W))
+    want_cells, want_pixels = ground_remap_table(GRID, moved, CameraModel(K, (H, W)), (H, W), (H, W))
     assert not np.array_equal(table.cells, cells)
     assert np.array_equal(table.cells, want_cells) and np.array_equal(table.pixels, want_pixels)
     proj.set_intrinsics(K * np.array([[1.1], [1.1], [1]]), (H, W))

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from seg_perception.core.camera_model import CameraModel
 from seg_perception.core.costmap import FREE, FUSED, LETHAL, UNKNOWN, CameraPose, GridSpec, cost_lut
 from seg_perception.core.depth_costmap import (POINT_DTYPE, DepthDecoder, DepthError, DepthProjector, DepthSpec,
                                                check_registered)
@@ -260,7 +261,7 @@ def test_points_from_model_resolution_labels_equal_the_cloud_of_the_resized_mask
 def test_costmap_iou_scores_depth_above_flat_ground(frame):
     proj = projector()
     k = Camera.for_image(H, W).pinhole().k()
-    visible = visible_cells(GRID, proj.pose, k, (H, W), (H, W))
+    visible = visible_cells(GRID, proj.pose, CameraModel(k, (H, W)), (H, W))
     scores = CostmapIoU(CITYSCAPES_CLASSES, cost_lut(CITYSCAPES_CLASSES, COSTS, 100))
     scores.add("flat_ground", proj.project(frame.train_ids, (H, W)), frame.topdown, visible)
     scores.add("depth", proj.project_depth(frame.train_ids, (H, W), frame.depth), frame.topdown, visible)

@@ -285,10 +285,9 @@ class GroundRemapTable:
         y.put(seen, pixels[:, 1])
 
 
-def ground_remap_table(grid: GridSpec, pose: CameraPose, k: np.ndarray, k_hw: tuple[int, int],
-                       camera_hw: tuple[int, int], labels_hw: tuple[int, int], distortion_model: str = "",
-                       d=()) -> tuple[np.ndarray, np.ndarray]:
+def ground_remap_table(grid: GridSpec, pose: CameraPose, camera: CameraModel, camera_hw: tuple[int, int],
+                       labels_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(visible cell indices into the flattened grid, flat label-pixel index for each of them) for one pose."""
-    table = GroundRemapTable(grid, CameraModel(k, k_hw, distortion_model, d), camera_hw, labels_hw)
+    table = GroundRemapTable(grid, camera, camera_hw, labels_hw)
     table.aim(pose)
     return table.cells, table.pixels

@@ -319,8 +319,7 @@ class _CostmapScoring:
         camera = self.projector.camera
         key = (camera.key, camera_hw, self.projector.pose)
         if key != self._visible_key:
-            self._cells_visible = visible_cells(self.projector.grid, self.projector.pose, camera.k, camera.hw,
-                                                camera_hw, camera.distortion_model, camera.d)
+            self._cells_visible = visible_cells(self.projector.grid, self.projector.pose, camera, camera_hw)
             self._visible_key = key
         return self._cells_visible
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from seg_perception.core.camera_model import CameraModel
 from seg_perception.core.costmap import FUSED, LETHAL, CameraPose, GridSpec, ground_remap_table
 from seg_perception.labels import IGNORE_ID
 
@@ -33,10 +34,9 @@ def resample_truth(cells: np.ndarray, resolution: float, origin_x: float, origin
     return out
 
 
-def visible_cells(grid: GridSpec, pose: CameraPose, k: np.ndarray, k_hw: tuple[int, int],
-                  camera_hw: tuple[int, int], distortion_model: str = "", d=()) -> np.ndarray:
+def visible_cells(grid: GridSpec, pose: CameraPose, camera: CameraModel, camera_hw: tuple[int, int]) -> np.ndarray:
     """bool [height, width]: the ground cells the camera image shows (the flat-ground projection's view)."""
-    cells, _ = ground_remap_table(grid, pose, k, k_hw, camera_hw, camera_hw, distortion_model, d)
+    cells, _ = ground_remap_table(grid, pose, camera, camera_hw, camera_hw)
     seen = np.zeros(grid.height * grid.width, bool)
     seen[cells] = True
     return seen.reshape(grid.height, grid.width)
