@@ -66,11 +66,14 @@ class GridSpec:
     def height(self) -> int:
         return max(1, int(round(self.size_y / self.resolution)))
 
+    def cell_axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """x of each column's cell centres [width] and y of each row's [height], float64."""
+        return (self.origin_x + (np.arange(self.width) + 0.5) * self.resolution,
+                self.origin_y + (np.arange(self.height) + 0.5) * self.resolution)
+
     def cell_centres(self) -> tuple[np.ndarray, np.ndarray]:
         """x and y of every cell centre, each [height, width] float64."""
-        xs = self.origin_x + (np.arange(self.width) + 0.5) * self.resolution
-        ys = self.origin_y + (np.arange(self.height) + 0.5) * self.resolution
-        return np.meshgrid(xs, ys)
+        return np.meshgrid(*self.cell_axes())
 
 
 # Optical frame (x right, y down, z forward) -> camera body frame (x forward, y left, z up), REP 103.
@@ -215,8 +218,7 @@ class GroundRemapTable:
         self.grid, self.camera, self.camera_hw, self.labels_hw = grid, camera, camera_hw, labels_hw
         # Intrinsics may describe another image size than the stream (binning, resized camera_info).
         self.fx, self.fy, self.cx, self.cy = scaled_intrinsics(camera.k, camera.hw, camera_hw)
-        self._xs = grid.origin_x + (np.arange(grid.width) + 0.5) * grid.resolution  # as cell_centres() has them
-        self._ys = grid.origin_y + (np.arange(grid.height) + 0.5) * grid.resolution
+        self._xs, self._ys = grid.cell_axes()
         n = grid.height * grid.width
         self._ids = np.arange(n, dtype=np.intp)
         # A cell centre in the optical frame is a term of its column plus a term of its row (R^T (P - t) with P on

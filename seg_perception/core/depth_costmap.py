@@ -196,8 +196,7 @@ class _DepthGeometry:
         self.col_per_metre, self.row_per_metre, self.reach_per_metre = (np.empty(n, np.float32) for _ in range(3))
         self.sample_bin = np.empty(n, np.intp)
         # per cell: where it lies from the camera (x of its column, y of its row)
-        self._xs = grid.origin_x + (np.arange(grid.width) + 0.5) * grid.resolution  # as cell_centres() has them
-        self._ys = grid.origin_y + (np.arange(grid.height) + 0.5) * grid.resolution
+        self._xs, self._ys = grid.cell_axes()
         self._cell_angle = np.empty((grid.height, grid.width))
         self.cell_bin, self.cell_range = np.empty(n_cells, np.intp), np.empty(n_cells, np.float32)
         self.cell_near = np.empty(n_cells, np.float32)
