@@ -288,6 +288,7 @@ def test_depth_pairs_with_the_nearest_image_within_the_nodes_depth_tolerance():
     colour stamps differ by milliseconds), not the latest image within the image/ground-truth tolerance."""
     from types import SimpleNamespace
 
+    from seg_perception.core.node_params import PARAMETERS
     from seg_perception.eval.bag_eval import _DepthPairing, node_projector
     from seg_perception.labels import CITYSCAPES_CLASSES
 
@@ -300,7 +301,8 @@ def test_depth_pairs_with_the_nearest_image_within_the_nodes_depth_tolerance():
     ms = 1_000_000
     for overrides, at_150ms in (({}, None), ({"depth_tolerance": 0.06}, 2.0)):
         projector, lut = node_projector(overrides, CITYSCAPES_CLASSES)
-        pairing = _DepthPairing("/camera/depth/image_raw", projector.depth.pairing_tolerance_s)
+        pairing = _DepthPairing("/camera/depth/image_raw", projector.depth.pairing_tolerance_s,
+                                PARAMETERS["max_input_pixels"].default)
         for ns, metres in ((0, 1.0), (100 * ms, 2.0), (200 * ms, 3.0)):
             pairing.on_depth(depth_msg(ns, metres))
         assert pairing.paired(95 * ms, (8, 16))[0, 0] == 2.0  # 5 ms before its depth image: still its pair
@@ -311,11 +313,15 @@ def test_depth_pairs_with_the_nearest_image_within_the_nodes_depth_tolerance():
 
 def test_bag_evaluation_takes_the_nodes_rectified_rule(tmp_path):
     """The bag's CameraInfo is read as seg_node would read it: by the image topic's name, or as --params-file says."""
-    from seg_perception.eval.bag_eval import BagEvalConfig, _rectified
+    from seg_perception.eval.bag_eval import BagEvalConfig, _node_parameters, _rectified
 
     params = tmp_path / "seg.yaml"
     params.write_text('/**:\n  ros__parameters:\n    rectified: "true"\n')
     bag = tmp_path / "b"
-    assert _rectified(BagEvalConfig(bag, "/camera/image_rect", gt_topic="/gt"))
-    assert not _rectified(BagEvalConfig(bag, "/camera/image_raw", gt_topic="/gt"))
-    assert _rectified(BagEvalConfig(bag, "/camera/image_raw", gt_topic="/gt", params_file=params))
+
+    def rectified(config: BagEvalConfig) -> bool:
+        return _rectified(_node_parameters(config), config.image_topic)
+
+    assert rectified(BagEvalConfig(bag, "/camera/image_rect", gt_topic="/gt"))
+    assert not rectified(BagEvalConfig(bag, "/camera/image_raw", gt_topic="/gt"))
+    assert rectified(BagEvalConfig(bag, "/camera/image_raw", gt_topic="/gt", params_file=params))

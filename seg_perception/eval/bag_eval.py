@@ -145,22 +145,14 @@ def node_projector(overrides: dict, class_names, source: str = "seg_node paramet
         raise EvalError(f"costmap parameters: {exc}") from exc
 
 
-def _node_depth_topic(config: BagEvalConfig) -> str:
-    """seg_node's `depth_topic` parameter in --params-file ('': the node builds flat-ground costmaps)."""
-    return str(_ros_parameters(config.params_file).get("depth_topic", "")) if config.params_file else ""
+def _node_parameters(config: BagEvalConfig) -> dict:
+    """The seg_node parameters --params-file sets (none without one)."""
+    return _ros_parameters(config.params_file) if config.params_file else {}
 
 
-def _rectified(config: BagEvalConfig) -> bool:
+def _rectified(parameters: dict, image_topic: str) -> bool:
     """seg_node's rule for the bag's image topic: its `rectified` parameter in --params-file, else auto."""
-    setting = _ros_parameters(config.params_file).get("rectified", "auto") if config.params_file else "auto"
-    return is_rectified(setting, config.image_topic)
-
-
-def _projector(config: BagEvalConfig, class_names):
-    """node_projector with --params-file."""
-    if config.params_file is None:
-        return node_projector({}, class_names)
-    return node_projector(_ros_parameters(config.params_file), class_names, f"'{config.params_file}'")
+    return is_rectified(parameters.get("rectified", "auto"), image_topic)
 
 
 class _Outputs:
@@ -208,7 +200,9 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
         if info_topic:
             reader.topic(info_topic, (CAMERA_INFO,))
         topdown_topic = config.topdown_topic if info_topic and config.topdown_topic in reader.topics else ""
-        write_depth = bool(config.write_bag and info_topic and _node_depth_topic(config))
+        parameters = _node_parameters(config)
+        # seg_node with a `depth_topic` builds its costmaps from depth ('': flat ground): so does --write-bag
+        write_depth = bool(config.write_bag and info_topic and parameters.get("depth_topic", ""))
         if write_depth and config.depth_topic not in reader.topics:
             raise EvalError(f"'{config.params_file}' sets depth_topic, but '{config.bag}' has no depth topic "
                             f"'{config.depth_topic}' (--depth-topic) to build --write-bag's costmaps from")
@@ -227,17 +221,20 @@ def evaluate_bag(config: BagEvalConfig, on_frame: Callable[[int], None] | None =
             backend = open_backend(config.model, config.backend, **({"threads": config.threads} if config.threads
                                                                     else {}))
         try:
-            projector, fused_lut = (_projector(config, backend.info.class_names)
+            projector, fused_lut = (node_projector(parameters, backend.info.class_names, f"'{config.params_file}'")
                                     if (config.write_bag or topdown_topic) and info_topic else (None, None))
             tracer = Tracer(capacity=n_frames)
             pipeline = SegPipeline(backend, "camera", projector if config.write_bag else None, tracer)
             outputs = _Outputs(config, pipeline, reader) if config.write_bag else None
-            depth = _DepthPairing(depth_topic, projector.depth.pairing_tolerance_s) if depth_topic else None
+            max_pixels = parameters.get("max_input_pixels", PARAMETERS["max_input_pixels"].default)
+            depth = (_DepthPairing(depth_topic, projector.depth.pairing_tolerance_s, max_pixels) if depth_topic
+                     else None)
             scoring = (_CostmapScoring(projector, fused_lut, backend.info.class_names, depth)
                        if topdown_topic else None)
             try:
                 result = _run(config, reader, pipeline, outputs, image_type, info_topic, gt_stamps, gt_files,
-                              n_frames, on_frame, scoring, topdown_topic, depth if write_depth else None, depth)
+                              n_frames, on_frame, _rectified(parameters, config.image_topic), scoring,
+                              topdown_topic, depth, write_depth)
                 if scoring is not None:
                     result.costmap_iou = scoring.iou
                 return result
@@ -253,12 +250,13 @@ class _DepthPairing:
     """The bag's recent depth images, and the one seg_node pairs with a colour frame: the nearest its stamp within
     depth_tolerance, decoded (metres) and checked to be registered to the frame."""
 
-    def __init__(self, topic: str, tolerance_s: float) -> None:
+    def __init__(self, topic: str, tolerance_s: float, max_pixels: int) -> None:
+        """max_pixels: seg_node's max_input_pixels."""
         from seg_perception.core.depth_costmap import DepthDecoder
 
         self.topic = topic
         self.tolerance_ns = int(tolerance_s * 1e9)
-        self.decoder = DepthDecoder()
+        self.decoder = DepthDecoder(max_pixels)
         self.depths: collections.deque = collections.deque(maxlen=8)  # (stamp, message) of recent depth images
 
     def on_depth(self, msg) -> None:
@@ -300,9 +298,13 @@ class _CostmapScoring:
         else:
             self.truths[ns] = truth
 
-    def on_frame(self, ns: int, labels: np.ndarray, camera_hw: tuple[int, int]) -> None:
+    def on_frame(self, ns: int, labels: np.ndarray, camera_hw: tuple[int, int],
+                 depth_layers: dict[str, np.ndarray] | None = None) -> None:
+        """depth_layers: the depth-built costmaps of this frame when the pipeline made them (else built here)."""
         layers = {"flat_ground": self.projector.project(labels, camera_hw)}
-        if self.depth is not None:
+        if depth_layers is not None:
+            layers["depth"] = depth_layers
+        elif self.depth is not None:
             layers["depth"] = self.projector.project_depth(labels, camera_hw, self.depth.paired(ns, camera_hw))
         visible = self._visible(camera_hw)
         if ns in self.truths:
@@ -330,9 +332,10 @@ class _CostmapScoring:
 
 def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, outputs: _Outputs | None,
          image_type: str, info_topic: str, gt_stamps: list[int], gt_files: dict[int, Path], n_frames: int,
-         on_frame, scoring: _CostmapScoring | None = None, topdown_topic: str = "",
-         write_depth: _DepthPairing | None = None, depth: _DepthPairing | None = None) -> BagEvalResult:
-    """write_depth: where --write-bag's costmaps take their depth (None: flat ground); depth: every depth reader."""
+         on_frame, rectified: bool, scoring: _CostmapScoring | None = None, topdown_topic: str = "",
+         depth: _DepthPairing | None = None, write_depth: bool = False) -> BagEvalResult:
+    """rectified: how CameraInfo is read (seg_node's rule); depth: the bag's depth images, for scoring and, when
+    write_depth, for --write-bag's costmaps (else flat ground)."""
     tracer = pipeline.tracer
     projector = scoring.projector if scoring is not None else pipeline.projector
     request = OutputRequest(mask=True, color=outputs is not None, costmaps=pipeline.projector is not None)
@@ -351,8 +354,6 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
             stats.add(gt, pred)
         except ValueError as exc:
             raise EvalError(f"ground truth at stamp {gt_ns}: {exc}") from None
-
-    rectified = _rectified(config)
 
     def set_intrinsics(msg) -> None:
         try:
@@ -396,11 +397,11 @@ def _run(config: BagEvalConfig, reader: BagReader, pipeline: SegPipeline, output
             rgb = pipeline.decode_compressed(msg.data, msg.format, slot)
         else:
             rgb = pipeline.decode_raw(msg.data, msg.encoding, msg.height, msg.width, msg.step, slot)
-        depth_source = (lambda: write_depth.paired(ns, rgb.shape[:2])) if write_depth is not None else None
+        depth_source = (lambda: depth.paired(ns, rgb.shape[:2])) if write_depth else None
         result = pipeline.process(rgb, request, slot, depth_source)
         tracer.commit(slot)
-        if scoring is not None:
-            scoring.on_frame(ns, result.model_labels, rgb.shape[:2])
+        if scoring is not None:  # the depth image is decoded and projected once: the pipeline's costmaps are scored
+            scoring.on_frame(ns, result.model_labels, rgb.shape[:2], result.costmaps if write_depth else None)
         if outputs is not None:
             outputs.frame(log_ns, msg.header, result)
         if on_frame is not None:
